@@ -1,0 +1,67 @@
+"""``python -m fuzz``: list targets, run one, replay a reproducer, or smoke-test them all."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from ._runner import TARGETS, corpus_dir, load_target, repro, run
+from ._execute import execute
+from ._ops import decode
+from ._rig import Finding
+
+
+def _smoke(names: list[str], seconds: float) -> int:
+    """Replay every seed, then fuzz briefly with the built-in engine (CI's smoke pass)."""
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            factory = load_target(name)
+            seeds = sorted(corpus_dir(name).glob("*"))
+            for seed in seeds:
+                try:
+                    execute(factory, decode(seed.read_bytes()), check_memory=True)
+                except Finding as finding:
+                    print(f"{name}: seed {seed.name}: {finding}", file=sys.stderr)
+                    failed += 1
+            stats = run(name, seconds, crashes=Path(tmp), engine="builtin", progress=lambda line: None)
+            print(f"{name}: {len(seeds)} seeds, {stats.line()}")
+            for kind, path in stats.findings.items():
+                print(f"{name}: FINDING {kind}: {Path(path).read_bytes().hex()}", file=sys.stderr)
+                failed += 1
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the targets")
+    p_run = sub.add_parser("run", help="fuzz one target")
+    p_run.add_argument("target", choices=sorted(TARGETS))
+    p_run.add_argument("--time", type=float, default=60, help="seconds (default 60)")
+    p_run.add_argument("--engine", choices=("auto", "atheris", "builtin"), default="auto")
+    p_run.add_argument("--crashes", type=Path, default=Path("fuzz-crashes"), help="where reproducers go")
+    p_run.add_argument("--corpus", type=Path, default=None, help="working corpus directory")
+    p_run.add_argument("--seed", type=int, default=0, help="RNG seed of the built-in engine")
+    p_repro = sub.add_parser("repro", help="replay one input with an op trace")
+    p_repro.add_argument("file", type=Path)
+    p_repro.add_argument("--target", choices=sorted(TARGETS))
+    p_smoke = sub.add_parser("smoke", help="replay seeds and fuzz each target briefly")
+    p_smoke.add_argument("--time", type=float, default=3)
+    p_smoke.add_argument("targets", nargs="*")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print("\n".join(sorted(TARGETS)))
+        return 0
+    if args.command == "run":
+        stats = run(args.target, args.time, crashes=args.crashes, work_corpus=args.corpus, engine=args.engine, seed=args.seed)
+        return 1 if stats.findings else 0
+    if args.command == "repro":
+        return 1 if repro(args.file, args.target) else 0
+    return _smoke(args.targets or sorted(TARGETS), args.time)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
