@@ -3,7 +3,8 @@ and a PCI host bridge, so tests, fuzzers and demos drive devices exactly as a gu
 
 Layout (Q35-like):
 
-- RAM at 0 up to ``ram_size`` (at most 2.75 GiB, below the ECAM window);
+- RAM at 0 up to ``ram_size`` (at most 2.75 GiB, below the ECAM window), also mapped on
+  the MMIO bus so that BARs cannot be placed over it;
 - ECAM for bus 0 at 0xB000_0000 (1 MiB);
 - 32-bit PCI memory window 0xC000_0000–0xFEBF_FFFF; 64-bit window at 0x80_0000_0000;
 - port I/O: 0xCF8–0xCFF config ports, PCI I/O window 0xC000–0xFFFF.
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from ._bus import PIO_LIMIT, Bus
-from ._errors import UsageError
+from ._errors import GuestMemoryError, UsageError
 from ._irq import IrqLine, LevelSink, MsiMessage
 from ._memory import GuestMemory, MemoryRegion
 from .pci import ConfigPorts, Ecam, FunctionInfo, PciFunction, PciHost, Window, enumerate_bus0
@@ -32,6 +33,31 @@ MMIO64_WINDOW = (0x80_0000_0000, 0x10_0000_0000)
 PIO_WINDOW = (0xC000, 0x4000)
 
 RamBacking = Literal["bytearray", "anonymous", "memfd"]
+
+
+class _RamWindow:
+    """RAM as the CPU sees it on the MMIO bus.
+
+    Mapping RAM there makes the bus the whole system address space: a BAR the guest
+    programs over RAM is refused by the bus (a ``pci.bar_conflict``), as a chipset sends
+    those addresses to DRAM rather than to PCI.
+    """
+
+    def __init__(self, memory: GuestMemory, base: int) -> None:
+        self._memory = memory
+        self._base = base
+
+    def read(self, offset: int, size: int) -> int:
+        try:
+            return int.from_bytes(self._memory.read(self._base + offset, size), "little")
+        except GuestMemoryError:  # the region was removed after the mapping was made
+            return (1 << (8 * size)) - 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        try:
+            self._memory.write(self._base + offset, value.to_bytes(size, "little"))
+        except GuestMemoryError:
+            pass
 
 
 class _GsiSink:
@@ -108,6 +134,7 @@ class Machine:
             raise UsageError(f"ram_backing must be one of {sorted(makers)}, got {ram_backing!r}")
         self.memory = GuestMemory([makers[ram_backing](0, ram_size)])
         self.mmio = Bus("mmio")
+        self.mmio.register(0, ram_size, _RamWindow(self.memory, 0), "ram")
         self.pio = Bus("pio", PIO_LIMIT)
         self.irq = InterruptController()
         self.pci = PciHost(self.mmio, self.pio, self._route_intx, self.irq)

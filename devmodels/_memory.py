@@ -295,8 +295,17 @@ class GuestMemory:
         Raises:
             GuestMemoryError: any byte of the range is not RAM.
         """
+        # Validate before allocating: ``length`` is often guest-controlled, and a huge or
+        # negative one must be a GuestMemoryError, not a MemoryError/ValueError.
+        pieces = list(self._pieces(gpa, length, Access.READ))
+        if len(pieces) == 1:
+            region, offset, count = pieces[0]
+            return bytes(region.buffer[offset : offset + count])
         out = bytearray(length)
-        self.read_into(gpa, out)
+        pos = 0
+        for region, offset, count in pieces:
+            out[pos : pos + count] = region.buffer[offset : offset + count]
+            pos += count
         return bytes(out)
 
     def read_into(self, gpa: int, buf: bytearray | memoryview) -> None:
@@ -360,7 +369,8 @@ class GuestMemory:
         out: list[memoryview] = []
         for gpa, length in segments:
             for region, offset, count in self._pieces(gpa, length, access):
-                out.append(memoryview(region.buffer)[offset : offset + count])
+                view = memoryview(region.buffer)[offset : offset + count]
+                out.append(view.toreadonly() if region.readonly else view)
         return out
 
     # -- little-endian scalars ------------------------------------------------------------

@@ -116,7 +116,7 @@ def _from(kind: Any, data: Any, field: str) -> Any:
         names = {f.name for f in dataclasses.fields(kind)}
         extra = set(data) - names
         if extra:
-            raise SnapshotError(field, f"unknown fields {sorted(extra)}")
+            raise SnapshotError(field, f"unknown fields {sorted(extra, key=repr)}")
         missing = names - set(data)
         if missing:
             raise SnapshotError(field, f"missing fields {sorted(missing)}")

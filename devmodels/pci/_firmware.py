@@ -108,9 +108,12 @@ def _size_bar(cfg: ConfigAccess, at: int, index: int) -> tuple[BarInfo | None, i
     cfg.config_write(0, at, offset, 4, original)
     if probe == 0:
         return None, 1
+    # The size is the lowest writable address bit (Linux ``pci_size``): unlike ``~mask + 1``
+    # it is a power of two even if a function implements a non-contiguous mask, and a BAR
+    # whose address bits are all read-only (only its type bits read back) is no BAR.
     if original & PCI_BASE_ADDRESS_SPACE_IO:
-        size = (~(probe & 0xFFFF_FFFC) + 1) & 0xFFFF
-        return BarInfo(index, "io", False, size, None), 1
+        mask = probe & 0xFFFF_FFFC
+        return (BarInfo(index, "io", False, mask & -mask, None) if mask else None), 1
     prefetchable = bool(original & PCI_BASE_ADDRESS_MEM_PREFETCH)
     if original & PCI_BASE_ADDRESS_MEM_TYPE_64 and index < PCI_NUM_BARS - 1:
         upper_original = cfg.config_read(0, at, offset + 4, 4)
@@ -118,10 +121,9 @@ def _size_bar(cfg: ConfigAccess, at: int, index: int) -> tuple[BarInfo | None, i
         upper = cfg.config_read(0, at, offset + 4, 4)
         cfg.config_write(0, at, offset + 4, 4, upper_original)
         mask = (upper << 32) | (probe & 0xFFFF_FFF0)
-        size = (~mask + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        return BarInfo(index, "mem64", prefetchable, size, None), 2
-    size = (~(probe & 0xFFFF_FFF0) + 1) & 0xFFFF_FFFF
-    return BarInfo(index, "mem32", prefetchable, size, None), 1
+        return (BarInfo(index, "mem64", prefetchable, mask & -mask, None) if mask else None), 2
+    mask = probe & 0xFFFF_FFF0
+    return (BarInfo(index, "mem32", prefetchable, mask & -mask, None) if mask else None), 1
 
 
 def enumerate_bus0(

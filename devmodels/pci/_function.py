@@ -16,7 +16,8 @@ Rules:
 4. Interrupts leave through injected sinks (``intx`` level sink, ``msi_sink``), set by the
    host at plug time. ``signal(vector)`` uses MSI-X, else MSI, else reports ``False`` so
    the device drives INTx with ``set_intx``. INTx honours Command.INTX_DISABLE and reports
-   Status.INTERRUPT (§6.2.3).
+   Status.INTERRUPT (§6.2.3). MSI/MSI-X messages are memory writes, so they leave only while
+   Bus Master Enable is set; otherwise they are dropped with a ``pci.msi_blocked`` event.
 5. ``dma_allowed`` is Command.MASTER: a device must not start DMA while it is clear.
 """
 
@@ -63,12 +64,13 @@ from ._msix import MsixCapability
 from .._bus import BusDevice
 from .._errors import SnapshotError, UsageError
 from .._irq import LevelSink, MsiSink, NullLevelSink, NullMsiSink
-from .._state import check_bool, check_bytes, check_version
+from .._state import check_bool, check_bytes, check_type, check_version
 from .._trace import tracepoint
 
 __all__ = ["BarKind", "Bar", "PciFunction", "PciFunctionState", "MappingListener"]
 
 _tp_bar_unhandled = tracepoint("pci.bar_unhandled")
+_tp_msi_blocked = tracepoint("pci.msi_blocked")
 
 
 class BarKind(enum.Enum):
@@ -104,6 +106,28 @@ class Bar:
 
 
 MappingListener = Callable[["PciFunction"], None]
+
+
+class _BusMasterGate:
+    """The function's way out to ``msi_sink``, closed while Bus Master Enable is clear.
+
+    PCIe 3.0 §7.5.1.1 (Command, Bus Master Enable): "as MSI/MSI-X interrupt Messages are
+    in-band memory writes, setting the Bus Master Enable bit to 0b disables MSI/MSI-X
+    interrupt Messages as well." A driver that clears it to quiesce the function must not
+    receive interrupts afterwards.
+    """
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: PciFunction) -> None:
+        self._function = function
+
+    def deliver_msi(self, address: int, data: int) -> None:
+        function = self._function
+        if function.dma_allowed:
+            function.msi_sink.deliver_msi(address, data)
+        elif _tp_msi_blocked.on:
+            _tp_msi_blocked.emit(function=function.name, address=address, data=data)
 
 
 @dataclass(frozen=True)
@@ -156,6 +180,7 @@ class PciFunction:
         self.msix: MsixCapability | None = None
         self.intx: LevelSink = NullLevelSink()
         self.msi_sink: MsiSink = NullMsiSink()
+        self._msi_out = _BusMasterGate(self)
         self._intx_level = False
         self._listeners: list[MappingListener] = []
         self._reset_image: bytes | None = None
@@ -202,12 +227,15 @@ class PciFunction:
         if not 0 <= index < PCI_NUM_BARS:
             raise UsageError(f"BAR index must be 0..5, got {index}")
         minimum = 4 if kind is BarKind.IO else 16
-        if size < minimum or size & (size - 1):
-            raise UsageError(f"BAR{index} size {size:#x} must be a power of two >= {minimum}")
+        if not isinstance(size, int) or size < minimum or size & (size - 1):
+            raise UsageError(f"BAR{index} size {size!r} must be a power of two >= {minimum}")
         if kind is BarKind.IO and size > 256:
             raise UsageError(f"I/O BAR{index} size {size:#x} exceeds 256 bytes")
         if kind is BarKind.MEM32 and size > 1 << 31:
             raise UsageError(f"32-bit BAR{index} size {size:#x} is too large")
+        if kind is BarKind.MEM64 and size > 1 << 63:
+            # Bit 63 is the highest address bit a 64-bit BAR can size (PCI 3.0 §6.2.5.1).
+            raise UsageError(f"64-bit BAR{index} size {size:#x} exceeds 2**63")
         if kind is BarKind.MEM64 and index == PCI_NUM_BARS - 1:
             raise UsageError("a 64-bit BAR cannot start at BAR5")
         used = [index, index + 1] if kind is BarKind.MEM64 else [index]
@@ -249,6 +277,8 @@ class PciFunction:
         """
         if self.msix is not None:
             raise UsageError("the function already has an MSI-X capability")
+        if not 0 <= bar < PCI_NUM_BARS:
+            raise UsageError(f"MSI-X BAR index must be 0..5, got {bar}")
         declared = self.bars[bar]
         if declared is None or declared.is_io:
             raise UsageError(f"MSI-X needs memory BAR{bar} declared first")
@@ -277,9 +307,9 @@ class PciFunction:
         before_bars = self._bar_words()
         self.config.write(offset, size, value)
         if self.msi is not None and self.msi.covers(offset, size):
-            self.msi.after_config_write(self.msi_sink)
+            self.msi.after_config_write(self._msi_out)
         if self.msix is not None and self.msix.covers(offset, size):
-            self.msix.after_config_write(self.msi_sink)
+            self.msix.after_config_write(self._msi_out)
         after_cmd = self.command
         if (before_cmd ^ after_cmd) & PCI_COMMAND_INTX_DISABLE:
             self._drive_intx()
@@ -359,7 +389,7 @@ class PciFunction:
         msix = self.msix
         if msix is not None and msix.bar == index:
             if msix.in_table(offset, size):
-                msix.table_write(offset, size, value, self.msi_sink)
+                msix.table_write(offset, size, value, self._msi_out)
                 return
             if msix.in_pba(offset, size):
                 return  # PBA is read-only (§6.8.2.10)
@@ -388,9 +418,9 @@ class PciFunction:
 
     def signal(self, vector: int) -> bool:
         """Send ``vector`` by MSI-X or MSI if enabled; ``False`` means use INTx."""
-        if self.msix is not None and self.msix.notify(vector, self.msi_sink):
+        if self.msix is not None and self.msix.notify(vector, self._msi_out):
             return True
-        if self.msi is not None and self.msi.notify(vector, self.msi_sink):
+        if self.msi is not None and self.msi.notify(vector, self._msi_out):
             return True
         return False
 
@@ -437,6 +467,7 @@ class PciFunction:
         """
         self.realize()
         assert self._reset_image is not None
+        check_type("pci", state, PciFunctionState)
         check_version("pci.version", state.version, _STATE_VERSION)
         config = check_bytes("pci.config", state.config, self.config.size)
         check_bool("pci.intx_level", state.intx_level)
@@ -456,10 +487,16 @@ class PciFunction:
                 continue
             if (config[pos] ^ image[pos]) & fixed:
                 raise SnapshotError("pci.config", f"read-only bits differ at offset {pos:#x}")
+        if msi_pending and self.msi is not None:
+            pending = int.from_bytes(config[msi_pending.start : msi_pending.stop], "little")
+            if pending >> self.msi.vectors:
+                raise SnapshotError("pci.config", "MSI pending bits set beyond the vector count")
         if self.msix is not None:
             if state.msix_table is None or state.msix_pba is None:
                 raise SnapshotError("pci.msix", "the function has MSI-X but the snapshot has none")
-            self.msix.check_state(state.msix_table, state.msix_pba)
+            table = check_bytes("pci.msix_table", state.msix_table)
+            pba = check_bytes("pci.msix_pba", state.msix_pba)
+            self.msix.check_state(table, pba)
         elif state.msix_table is not None or state.msix_pba is not None:
             raise SnapshotError("pci.msix", "the snapshot has MSI-X but the function has none")
 

@@ -8,7 +8,8 @@ Rules:
 2. Config cycles to an empty slot read all-ones and are dropped (master abort).
 3. When a function's decode or BARs change, its BARs are (re)mapped on the MMIO or port
    I/O bus at the programmed address. A BAR the guest programs over another mapping is
-   left unmapped with a ``pci.bar_conflict`` trace event; it is never an exception.
+   left unmapped with a ``pci.bar_conflict`` trace event; it is never an exception. It is
+   mapped once a later change (of any function) frees the range it asks for.
 4. Legacy mechanism #1 (PCI 3.0 §3.2.2.3.2): a dword write to 0xCF8 latches
    CONFIG_ADDRESS; 0xCFC–0xCFF carry data for the latched register when bit 31 is set.
    ECAM (PCIe 3.0 §7.2.2): offset = bus << 20 | device << 15 | function << 12 | register.
@@ -118,12 +119,18 @@ class PciHost:
         return at
 
     def unplug(self, function: PciFunction) -> None:
-        """Remove ``function`` and its BAR mappings."""
+        """Remove ``function`` and its BAR mappings; its INTx is deasserted and detached."""
         at = self.devfn_of(function)
         for mapping in self._maps.pop(at).values():
             self._bus_for(mapping).unregister(mapping)
         function.remove_mapping_listener(self._remap)
         del self.functions[at]
+        # A removed function stops driving its INTx wire; a shared line must not stay
+        # asserted on its behalf.
+        function.intx.set_level(False)
+        function.intx = NullLevelSink()
+        function.msi_sink = NullMsiSink()
+        self._retry_unmapped()
 
     def devfn_of(self, function: PciFunction) -> int:
         """The devfn ``function`` is plugged at."""
@@ -156,8 +163,13 @@ class PciHost:
         return self.pio if bar is not None and bar.is_io else self.mmio
 
     def _remap(self, function: PciFunction) -> None:
-        at = self.devfn_of(function)
-        current = self._maps[at]
+        if self._sync(function):
+            self._retry_unmapped()
+
+    def _sync(self, function: PciFunction) -> bool:
+        """Make ``function``'s mappings follow its BARs; return whether any was removed."""
+        current = self._maps[self.devfn_of(function)]
+        removed = False
         for index, bar in enumerate(function.bars):
             if bar is None:
                 continue
@@ -169,8 +181,17 @@ class PciHost:
             if mapping is not None:
                 bus.unregister(mapping)
                 del current[index]
+                removed = True
             if wanted is not None:
                 self._map_bar(function, bar, bus, wanted, current)
+        return removed
+
+    def _retry_unmapped(self) -> None:
+        # A BAR left unmapped by a conflict (rule 3) decodes once the range it wanted is
+        # free again, whichever function freed it. This calls ``_sync``, not ``_remap``, so
+        # it does not recurse; functions already in sync cost one address check per BAR.
+        for function in tuple(self.functions.values()):
+            self._sync(function)
 
     def _map_bar(self, function: PciFunction, bar: Bar, bus: Bus, base: int, current: dict[int, Mapping]) -> None:
         if base + bar.size > bus.limit:

@@ -125,7 +125,7 @@ class MsiCapability:
         """Signal ``vector``; returns whether MSI is enabled (and so handled the request)."""
         if not self.enabled:
             return False
-        if vector >= self.enabled_vectors:
+        if not 0 <= vector < self.enabled_vectors:
             if _tp_drop.on:
                 _tp_drop.emit(vector=vector, enabled=self.enabled_vectors)
             return True

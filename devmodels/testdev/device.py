@@ -23,7 +23,7 @@ from . import regs as r
 from .._errors import GuestError, SnapshotError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
-from .._state import check_int, check_version
+from .._state import check_int, check_type, check_version
 from .._trace import tracepoint
 from ..pci import BarKind, PciFunction, PciFunctionState
 
@@ -153,9 +153,15 @@ class PciTestDevice(PciFunction):
         Raises:
             SnapshotError: any field is inconsistent; nothing was applied.
         """
+        check_type("state", state, PciTestDeviceState)
         check_version("version", state.version, _STATE_VERSION)
         self.check_pci_state(state.pci)
         known = {reg.offset: reg for reg in self.registers.registers}
+        check_type("registers", state.registers, tuple)
+        for item in state.registers:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise SnapshotError("registers", f"expected (offset, value) pairs, got {item!r}")
+            check_int("registers.offset", item[0])
         values = dict(state.registers)
         if set(values) != set(known) or len(values) != len(state.registers):
             raise SnapshotError("registers", "register set does not match this device")

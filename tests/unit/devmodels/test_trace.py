@@ -1,0 +1,88 @@
+"""Trace points (devmodels._trace)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devmodels import trace
+
+
+def test_tracepoints_are_shared_and_off_by_default() -> None:
+    a = trace.tracepoint("test.shared")
+    assert trace.tracepoint("test.shared") is a
+    assert a.on is False
+    assert trace.tracepoints()["test.shared"] is False
+    assert "test.shared" in repr(a)
+
+
+def test_enable_and_disable_by_pattern() -> None:
+    read = trace.tracepoint("test_dev.reg_read")
+    write = trace.tracepoint("test_dev.reg_write")
+    other = trace.tracepoint("test_other.reg_read")
+    trace.enable("test_dev.*")
+    assert (read.on, write.on, other.on) == (True, True, False)
+    trace.disable("test_dev.reg_write")
+    assert (read.on, write.on) == (True, False)
+    trace.enable("*.reg_read")
+    assert other.on
+    trace.disable()
+    assert not (read.on or write.on or other.on)
+
+
+def test_pattern_applies_to_points_declared_later() -> None:
+    trace.enable("test_late.*")
+    late = trace.tracepoint("test_late.event")
+    assert late.on
+
+
+def test_recording_sink_context_restores_state() -> None:
+    point = trace.tracepoint("test_rec.event")
+    with trace.RecordingSink("test_rec.*") as rec:
+        assert point.on
+        point.emit(a=1, b="x")
+    assert not point.on
+    assert rec.events == [("test_rec.event", {"a": 1, "b": "x"})]
+    assert rec.names() == ["test_rec.event"]
+    point.emit(a=2)  # a removed sink hears nothing more
+    assert len(rec.events) == 1
+
+
+def test_add_and_remove_sink() -> None:
+    seen: list[str] = []
+
+    def sink(name: str, fields: dict[str, object]) -> None:
+        seen.append(name)
+
+    point = trace.tracepoint("test_sink.event")
+    trace.add_sink(sink)
+    try:
+        point.emit()
+    finally:
+        trace.remove_sink(sink)
+    trace.remove_sink(sink)  # removing twice is harmless
+    point.emit()
+    assert seen == ["test_sink.event"]
+
+
+def test_default_sink_logs_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    point = trace.tracepoint("test_log.event")
+    trace.enable("test_log.*")
+    with caplog.at_level(logging.DEBUG, logger="devmodels.trace"):
+        point.emit(addr=0x1000, name="x", ok=True)
+    messages = [r.getMessage() for r in caplog.records if r.name == "devmodels.trace"]
+    assert messages == ["test_log.event addr=0x1000 name='x' ok=True"]
+
+
+def test_environment_variable_enables_patterns() -> None:
+    code = (
+        "from devmodels import trace; import devmodels._bus;"
+        "t = trace.tracepoints(); print(t['bus.unmapped'], t['bus.access'])"
+    )
+    env = dict(os.environ, DEVMODELS_TRACE="bus.unm*, pci.*")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.split() == ["True", "False"]
