@@ -15,6 +15,8 @@ __all__ = ["SUBCOMMANDS", "main"]
 # name: (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("devmodels._demo", "main", "assemble an in-process machine and print its PCI enumeration"),
+    "guest-image": ("devmodels.guest.cli", "main", "build (or find in the cache) the guest kernel + initramfs; --boot boots it"),
+    "conformance": ("devmodels.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),
 }
 
 

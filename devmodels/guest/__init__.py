@@ -1,0 +1,46 @@
+"""Guest images for booting real Linux drivers against devmodels devices under QEMU.
+
+``build_image()`` (or an ``ImageBuilder``) returns a ``GuestImage``: a Debian kernel and a
+busybox initramfs whose ``/init`` loads the driver modules (e1000, AHCI, virtio, VFIO) with
+``insmod``, runs one test script and powers off. Results come back on the serial console as
+``DEVMODELS-CHECK <name> <PASS|FAIL> [detail]`` lines and a final ``DEVMODELS-DONE``
+(``parse_checks`` reads them). Images are cached by content under ``default_cache_dir()``.
+"""
+
+from ._binaries import ldd_closure
+from ._cpio import FileTree, NewcWriter, read_newc
+from ._image import (
+    DEFAULT_MODULES,
+    DEFAULT_OPTIONAL_MODULES,
+    GuestImage,
+    ImageBuilder,
+    build_image,
+    default_cache_dir,
+)
+from ._init import BUILTIN_TESTS
+from ._modules import ModuleClosure, ModuleIndex
+from ._progress import Progress
+from ._protocol import CHECK_MARKER, DONE_MARKER, TEST_PARAM, CheckResult, parse_check_line, parse_checks
+
+__all__ = [
+    "BUILTIN_TESTS",
+    "CHECK_MARKER",
+    "DEFAULT_MODULES",
+    "DEFAULT_OPTIONAL_MODULES",
+    "DONE_MARKER",
+    "TEST_PARAM",
+    "CheckResult",
+    "FileTree",
+    "GuestImage",
+    "ImageBuilder",
+    "ModuleClosure",
+    "ModuleIndex",
+    "NewcWriter",
+    "Progress",
+    "build_image",
+    "default_cache_dir",
+    "ldd_closure",
+    "parse_check_line",
+    "parse_checks",
+    "read_newc",
+]

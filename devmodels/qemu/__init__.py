@@ -1,0 +1,1 @@
+"""QEMU integration: launching guests (``launcher``) and the multi-process proxy (``mpqemu``)."""
