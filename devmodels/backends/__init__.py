@@ -1,7 +1,15 @@
-"""Host backends shared by the devices: block (disk images) and network (frames)."""
+"""Host backends shared by the devices: block (disk images) and network (frames).
+
+Interfaces: ``BlockBackend`` (``_block.py``) and ``NetBackend`` (``_net.py``).
+Implementations: ``devmodels.backends.block`` (``RawFileBackend``, ``MemoryDiskBackend``)
+and ``devmodels.backends.net`` (``TapBackend``, ``SocketBackend``, ``LoopbackBackend``,
+``PcapWriter``, ``Responder``), re-exported here.
+"""
 
 from ._block import BlockBackend, BlockCompletion, BlockOp, BlockRequest, BlockStatus
 from ._net import NetBackend, NetOffloads
+from .block import MemoryDiskBackend, RawFileBackend
+from .net import LoopbackBackend, PcapWriter, SocketBackend, TapBackend
 
 __all__ = [
     "BlockBackend",
@@ -11,4 +19,10 @@ __all__ = [
     "BlockStatus",
     "NetBackend",
     "NetOffloads",
+    "MemoryDiskBackend",
+    "RawFileBackend",
+    "LoopbackBackend",
+    "PcapWriter",
+    "SocketBackend",
+    "TapBackend",
 ]
