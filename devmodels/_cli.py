@@ -16,6 +16,7 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("devmodels._demo", "main", "assemble an in-process machine and print its PCI enumeration"),
     "guest-image": ("devmodels.guest.cli", "main", "build (or find in the cache) the guest kernel + initramfs; --boot boots it"),
+    "mpqemu": ("devmodels.qemu.mpqemu.cli", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
     "conformance": ("devmodels.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),
 }
 

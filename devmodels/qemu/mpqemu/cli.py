@@ -1,0 +1,107 @@
+"""``python -m devmodels.qemu.mpqemu``: serve a device to QEMU 7.2's ``x-pci-proxy-dev``.
+
+Usage::
+
+    python -m devmodels.qemu.mpqemu --fd N --device testdev
+
+``N`` is an inherited descriptor: one end of a UNIX socketpair whose other end QEMU got as
+``-device x-pci-proxy-dev,id=ID,fd=M``. Guest RAM must be shareable
+(``-object memory-backend-memfd,id=sysmem-file,size=512M,share=on -numa
+node,memdev=sysmem-file``) for the device to DMA. The process serves until QEMU closes its
+end (or SIGTERM/SIGINT), then exits 0.
+
+Rules: devices are built by name from ``DEVICES`` (name → factory taking the
+``GuestMemory`` that SYNC_SYSMEM fills); the lead adds entries as device models land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from .config import DEFAULT_HIDDEN
+from .server import MpqemuServer
+from ..._memory import GuestMemory
+from ...pci import PciFunction
+
+__all__ = ["DEVICES", "main"]
+
+
+def _testdev(memory: GuestMemory) -> PciFunction:
+    from ...testdev import PciTestDevice
+
+    return PciTestDevice(memory)
+
+
+# name -> factory(memory) building the PCI function to serve.
+DEVICES: dict[str, Callable[[GuestMemory], PciFunction]] = {
+    "testdev": _testdev,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="devmodels mpqemu",
+        description="Serve a devmodels PCI device to QEMU's x-pci-proxy-dev (mpqemu protocol).",
+    )
+    parser.add_argument("--fd", type=int, required=True, help="inherited UNIX socket descriptor")
+    parser.add_argument("--device", required=True, choices=sorted(DEVICES), help="device model to serve")
+    parser.add_argument(
+        "--show-msi",
+        action="store_true",
+        help="do not hide MSI/MSI-X capabilities (QEMU 7.2's proxy cannot deliver them)",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server; return the exit status (0 after a clean disconnect, 2 on bad usage)."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mpqemu %(levelname)s %(message)s")
+    try:
+        mode = os.fstat(args.fd).st_mode
+    except OSError as exc:
+        print(f"mpqemu: --fd {args.fd}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not stat.S_ISSOCK(mode):
+        print(f"mpqemu: --fd {args.fd} is not a socket", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=args.fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        print(f"mpqemu: --fd {args.fd} is not a UNIX stream socket", file=sys.stderr)
+        return 2
+    memory = GuestMemory()
+    function = DEVICES[args.device](memory)
+    server = MpqemuServer(function, sock, memory, hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    # Signal handlers can only be installed from the main thread (tests call main elsewhere).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        server.run()
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stats = server.stats
+    logging.getLogger("devmodels.qemu.mpqemu").info(
+        "served %d messages (%d refused, %d BAR reads, %d BAR writes)",
+        stats.messages,
+        stats.refused,
+        stats.bar_reads,
+        stats.bar_writes,
+    )
+    return 0
