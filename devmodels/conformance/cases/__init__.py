@@ -1,0 +1,1 @@
+"""Conformance cases, one module per device (each with a ``cases()`` provider)."""
