@@ -1,0 +1,187 @@
+"""VIRTIO 1.2 constants for the device framework and its transports. No logic lives here.
+
+Names follow the specification (status bits, ``VIRTIO_F_*`` feature bits, the PCI
+``VIRTIO_PCI_CAP_*`` capability types) and, where the specification gives a field but no
+macro name, Linux ``include/uapi/linux/virtio_{config,ids,pci,mmio}.h`` (``VIRTIO_ID_*``,
+``VIRTIO_PCI_COMMON_*``, ``VIRTIO_MMIO_*``). Ring-level constants (``VIRTQ_DESC_F_*``)
+live in ``virtio.queue.defs``.
+
+Feature constants are *bit numbers* (VIRTIO 1.2 §6 lists them that way); use
+``1 << VIRTIO_F_VERSION_1`` for the mask.
+"""
+
+from __future__ import annotations
+
+# -- §2.1 device status bits -------------------------------------------------------------
+ACKNOWLEDGE = 0b0000_0001
+DRIVER = 0b0000_0010
+DRIVER_OK = 0b0000_0100
+FEATURES_OK = 0b0000_1000
+DEVICE_NEEDS_RESET = 0b0100_0000
+FAILED = 0b1000_0000
+
+# Linux spellings of the same bits (virtio_config.h).
+VIRTIO_CONFIG_S_ACKNOWLEDGE = ACKNOWLEDGE
+VIRTIO_CONFIG_S_DRIVER = DRIVER
+VIRTIO_CONFIG_S_DRIVER_OK = DRIVER_OK
+VIRTIO_CONFIG_S_FEATURES_OK = FEATURES_OK
+VIRTIO_CONFIG_S_NEEDS_RESET = DEVICE_NEEDS_RESET
+VIRTIO_CONFIG_S_FAILED = FAILED
+
+# -- §6 reserved (device-independent) feature bits, as bit numbers ----------------------
+VIRTIO_F_NOTIFY_ON_EMPTY = 24  # legacy only (§6.3)
+VIRTIO_F_ANY_LAYOUT = 27  # legacy only (§6.3)
+VIRTIO_F_INDIRECT_DESC = 28
+VIRTIO_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+VIRTIO_F_ACCESS_PLATFORM = 33
+VIRTIO_F_RING_PACKED = 34
+VIRTIO_F_IN_ORDER = 35
+VIRTIO_F_ORDER_PLATFORM = 36
+VIRTIO_F_SR_IOV = 37
+VIRTIO_F_NOTIFICATION_DATA = 38
+VIRTIO_F_NOTIF_CONFIG_DATA = 39
+VIRTIO_F_RING_RESET = 40
+
+# §2.2: bits 24..40 are for queue/negotiation extensions; 0..23 and 50..127 are per device.
+VIRTIO_TRANSPORT_F_START = 24
+VIRTIO_TRANSPORT_F_END = 41
+# Feature bits this library can express (device_feature_select 0..3, §4.1.4.3).
+VIRTIO_FEATURE_BITS = 128
+
+# -- §5 device IDs (names from Linux virtio_ids.h) --------------------------------------
+VIRTIO_ID_NET = 1
+VIRTIO_ID_BLOCK = 2
+VIRTIO_ID_CONSOLE = 3
+VIRTIO_ID_RNG = 4
+VIRTIO_ID_BALLOON = 5
+VIRTIO_ID_IOMEM = 6
+VIRTIO_ID_RPMSG = 7
+VIRTIO_ID_SCSI = 8
+VIRTIO_ID_9P = 9
+VIRTIO_ID_MAC80211_WLAN = 10
+VIRTIO_ID_RPROC_SERIAL = 11
+VIRTIO_ID_CAIF = 12
+VIRTIO_ID_MEMORY_BALLOON = 13
+VIRTIO_ID_GPU = 16
+VIRTIO_ID_CLOCK = 17
+VIRTIO_ID_INPUT = 18
+VIRTIO_ID_VSOCK = 19
+VIRTIO_ID_CRYPTO = 20
+VIRTIO_ID_SIGNAL_DIST = 21
+VIRTIO_ID_PSTORE = 22
+VIRTIO_ID_IOMMU = 23
+VIRTIO_ID_MEM = 24
+VIRTIO_ID_SOUND = 25
+VIRTIO_ID_FS = 26
+VIRTIO_ID_PMEM = 27
+VIRTIO_ID_RPMB = 28
+VIRTIO_ID_SCMI = 32
+VIRTIO_ID_I2C_ADAPTER = 34
+VIRTIO_ID_WATCHDOG = 35
+VIRTIO_ID_CAN = 36
+VIRTIO_ID_BT = 40
+VIRTIO_ID_GPIO = 41
+# §4.1.2: a modern PCI device ID is 0x1040 + device ID and must stay <= 0x107F.
+VIRTIO_ID_MAX = 0x3F
+
+# §2.7 / §2.8: queue sizes.
+VIRTQUEUE_MAX_SIZE = 32768
+
+# -- §4.1 virtio over PCI -----------------------------------------------------------------
+VIRTIO_PCI_VENDOR_ID = 0x1AF4
+VIRTIO_PCI_MODERN_DEVICE_ID_BASE = 0x1040
+VIRTIO_PCI_MODERN_REVISION = 1  # §4.1.2.1: non-transitional SHOULD have revision >= 1
+VIRTIO_PCI_MODERN_SUBSYSTEM_ID_MIN = 0x40  # §4.1.2.1: SHOULD be >= 0x40
+
+# §4.1.4 cfg_type of struct virtio_pci_cap
+VIRTIO_PCI_CAP_COMMON_CFG = 1
+VIRTIO_PCI_CAP_NOTIFY_CFG = 2
+VIRTIO_PCI_CAP_ISR_CFG = 3
+VIRTIO_PCI_CAP_DEVICE_CFG = 4
+VIRTIO_PCI_CAP_PCI_CFG = 5
+VIRTIO_PCI_CAP_SHARED_MEMORY_CFG = 8
+VIRTIO_PCI_CAP_VENDOR_CFG = 9
+
+# Field offsets inside struct virtio_pci_cap (and its extensions).
+VIRTIO_PCI_CAP_VNDR = 0
+VIRTIO_PCI_CAP_NEXT = 1
+VIRTIO_PCI_CAP_LEN = 2
+VIRTIO_PCI_CAP_CFG_TYPE = 3
+VIRTIO_PCI_CAP_BAR = 4
+VIRTIO_PCI_CAP_ID = 5
+VIRTIO_PCI_CAP_OFFSET = 8
+VIRTIO_PCI_CAP_LENGTH = 12
+VIRTIO_PCI_NOTIFY_CAP_MULT = 16  # struct virtio_pci_notify_cap.notify_off_multiplier
+VIRTIO_PCI_CFG_CAP_DATA = 16  # struct virtio_pci_cfg_cap.pci_cfg_data
+
+# §4.1.4.3 struct virtio_pci_common_cfg field offsets
+VIRTIO_PCI_COMMON_DFSELECT = 0  # device_feature_select
+VIRTIO_PCI_COMMON_DF = 4  # device_feature
+VIRTIO_PCI_COMMON_GFSELECT = 8  # driver_feature_select
+VIRTIO_PCI_COMMON_GF = 12  # driver_feature
+VIRTIO_PCI_COMMON_MSIX = 16  # config_msix_vector
+VIRTIO_PCI_COMMON_NUMQ = 18  # num_queues
+VIRTIO_PCI_COMMON_STATUS = 20  # device_status
+VIRTIO_PCI_COMMON_CFGGENERATION = 21  # config_generation
+VIRTIO_PCI_COMMON_Q_SELECT = 22  # queue_select
+VIRTIO_PCI_COMMON_Q_SIZE = 24  # queue_size
+VIRTIO_PCI_COMMON_Q_MSIX = 26  # queue_msix_vector
+VIRTIO_PCI_COMMON_Q_ENABLE = 28  # queue_enable
+VIRTIO_PCI_COMMON_Q_NOFF = 30  # queue_notify_off
+VIRTIO_PCI_COMMON_Q_DESCLO = 32  # queue_desc (low half)
+VIRTIO_PCI_COMMON_Q_DESCHI = 36
+VIRTIO_PCI_COMMON_Q_AVAILLO = 40  # queue_driver
+VIRTIO_PCI_COMMON_Q_AVAILHI = 44
+VIRTIO_PCI_COMMON_Q_USEDLO = 48  # queue_device
+VIRTIO_PCI_COMMON_Q_USEDHI = 52
+VIRTIO_PCI_COMMON_Q_NDATA = 56  # queue_notify_data
+VIRTIO_PCI_COMMON_Q_RESET = 58  # queue_reset
+VIRTIO_PCI_COMMON_CFG_SIZE = 60
+
+# §4.1.4.5 ISR status bits (also the MMIO InterruptStatus bits, §4.2.2)
+VIRTIO_PCI_ISR_QUEUE = 0b01
+VIRTIO_PCI_ISR_CONFIG = 0b10
+
+# §4.1.5.1.2 MSI-X
+VIRTIO_MSI_NO_VECTOR = 0xFFFF
+VIRTIO_PCI_MSIX_MAX_VECTORS = 0x800
+
+# -- §4.2 virtio over MMIO (version 2 register layout) ------------------------------------
+VIRTIO_MMIO_MAGIC = 0x74726976  # "virt", little-endian
+VIRTIO_MMIO_VERSION = 2
+VIRTIO_MMIO_MAGIC_VALUE = 0x000
+VIRTIO_MMIO_VERSION_REG = 0x004
+VIRTIO_MMIO_DEVICE_ID = 0x008
+VIRTIO_MMIO_VENDOR_ID = 0x00C
+VIRTIO_MMIO_DEVICE_FEATURES = 0x010
+VIRTIO_MMIO_DEVICE_FEATURES_SEL = 0x014
+VIRTIO_MMIO_DRIVER_FEATURES = 0x020
+VIRTIO_MMIO_DRIVER_FEATURES_SEL = 0x024
+VIRTIO_MMIO_QUEUE_SEL = 0x030
+VIRTIO_MMIO_QUEUE_NUM_MAX = 0x034
+VIRTIO_MMIO_QUEUE_NUM = 0x038
+VIRTIO_MMIO_QUEUE_READY = 0x044
+VIRTIO_MMIO_QUEUE_NOTIFY = 0x050
+VIRTIO_MMIO_INTERRUPT_STATUS = 0x060
+VIRTIO_MMIO_INTERRUPT_ACK = 0x064
+VIRTIO_MMIO_STATUS = 0x070
+VIRTIO_MMIO_QUEUE_DESC_LOW = 0x080
+VIRTIO_MMIO_QUEUE_DESC_HIGH = 0x084
+VIRTIO_MMIO_QUEUE_DRIVER_LOW = 0x090
+VIRTIO_MMIO_QUEUE_DRIVER_HIGH = 0x094
+VIRTIO_MMIO_QUEUE_DEVICE_LOW = 0x0A0
+VIRTIO_MMIO_QUEUE_DEVICE_HIGH = 0x0A4
+VIRTIO_MMIO_SHM_SEL = 0x0AC
+VIRTIO_MMIO_SHM_LEN_LOW = 0x0B0
+VIRTIO_MMIO_SHM_LEN_HIGH = 0x0B4
+VIRTIO_MMIO_SHM_BASE_LOW = 0x0B8
+VIRTIO_MMIO_SHM_BASE_HIGH = 0x0BC
+VIRTIO_MMIO_QUEUE_RESET = 0x0C0
+VIRTIO_MMIO_CONFIG_GENERATION = 0x0FC
+VIRTIO_MMIO_CONFIG = 0x100
+
+VIRTIO_MMIO_INT_VRING = VIRTIO_PCI_ISR_QUEUE
+VIRTIO_MMIO_INT_CONFIG = VIRTIO_PCI_ISR_CONFIG
+
+__all__ = [name for name in dir() if name.isupper() and not name.startswith("_")]
