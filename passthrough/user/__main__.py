@@ -1,0 +1,7 @@
+"""``python -m passthrough.user``: see ``passthrough.user.cli``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

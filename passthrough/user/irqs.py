@@ -1,0 +1,352 @@
+"""Server side of vfio-user interrupts: a devmodels ``PciFunction``'s INTx/MSI/MSI-X out to
+the client's eventfds, following kernel vfio-pci semantics (``linux/vfio.h`` SET_IRQS).
+
+Design (why the function's own MSI machinery is kept and fed tagged messages):
+
+A devmodels function signals through its own MSI/MSI-X capability: ``signal(v)`` checks
+Enable, the per-vector and function masks, the pending bits and Bus Master Enable, and
+only then calls ``msi_sink.deliver_msi(address, data)``; unmasking later flushes pending
+vectors the same way. Devices also look at ``msix_enabled`` to choose between MSI-X and
+INTx. So the server keeps that machinery and programs it itself, as the kernel's vfio-pci
+programs the real capability: when the client wires MSI-X vector *v* to an eventfd
+(``SET_IRQS``), the server sets MSI-X Enable in the function's config and writes table
+entry *v* = (``MSI_TAG_ADDRESS``, data *v*, unmasked). Every message that reaches the
+sink therefore names its vector exactly in ``data``, and ``VectorEventfds`` writes
+eventfd *v*. MSI is programmed the same way (address tag, data 0, so vector *v* sends
+data *v*). The client keeps the guest-visible MSI/MSI-X state (capabilities, table,
+masks) on its side, as every VFIO client does; the server ignores client config writes
+to those capabilities (``VfioUserServer`` rule 5), as the kernel virtualizes them.
+
+Rules:
+
+1. INTx is level-triggered and ``AUTOMASKED``: when the line rises while unmasked, the
+   eventfd is written once and INTx masks itself; ``UNMASK`` re-arms it and, if the line
+   is still asserted, fires again at once. It is also ``MASKABLE``.
+2. One of INTx, MSI, MSI-X is active at a time; wiring eventfds to another index while one
+   is active fails with ``EINVAL``, as in vfio-pci. ``DATA_NONE|ACTION_TRIGGER`` with
+   ``count == 0`` disables an index.
+3. Eventfds are written non-blocking; a full or broken fd drops the interrupt with a
+   trace event and never stalls the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Sequence
+
+from devmodels import trace
+from devmodels.pci import PciFunction
+from devmodels.pci import defs as pcidefs
+
+from ..backend import IrqInfo
+from ..defs import (
+    VFIO_IRQ_INFO_AUTOMASKED,
+    VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE,
+    VFIO_IRQ_SET_ACTION_MASK,
+    VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_ACTION_TYPE_MASK,
+    VFIO_IRQ_SET_ACTION_UNMASK,
+    VFIO_IRQ_SET_DATA_BOOL,
+    VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE,
+    VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_NUM_IRQS,
+)
+from ..errors import VfioUserReject
+from .framing import close_fds
+
+__all__ = ["MSI_TAG_ADDRESS", "signal_eventfd", "IntxEventfd", "VectorEventfds", "ServerInterrupts"]
+
+MSI_TAG_ADDRESS = 0xFEE0_0000
+_MSIX_ENTRY = struct.Struct("<IIII")
+_EVENTFD_ONE = (1).to_bytes(8, "little")
+
+_tp_drop = trace.tracepoint("vfio_user.irq_dropped")
+
+
+def signal_eventfd(fd: int) -> bool:
+    """Add 1 to an eventfd without blocking (rule 3); ``False`` if it could not."""
+    try:
+        os.write(fd, _EVENTFD_ONE)
+    except OSError as exc:
+        if _tp_drop.on:
+            _tp_drop.emit(fd=fd, error=str(exc))
+        return False
+    return True
+
+
+def _adopt(fd: int) -> int:
+    """Make a received eventfd non-blocking (rule 3) and return it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    return fd
+
+
+class IntxEventfd:
+    """The function's INTx pin as a ``LevelSink`` writing an eventfd (rule 1)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.level = False
+        self.masked = False
+        self.fired = 0
+
+    def set_level(self, asserted: bool) -> None:
+        """Follow the function's INTx level."""
+        self.level = bool(asserted)
+        if self.level:
+            self._fire()
+
+    def _fire(self) -> None:
+        if self.fd is not None and not self.masked:
+            self.masked = True
+            self.fired += 1
+            signal_eventfd(self.fd)
+
+    def mask(self) -> None:
+        """``ACTION_MASK``."""
+        self.masked = True
+
+    def unmask(self) -> None:
+        """``ACTION_UNMASK``: re-arm; fire now if the line is still asserted."""
+        self.masked = False
+        if self.level:
+            self._fire()
+
+    def set_fd(self, fd: int | None) -> None:
+        """Wire (or, with ``None``, unwire) the trigger eventfd; the old one is closed."""
+        if self.fd is not None and self.fd != fd:
+            close_fds([self.fd])
+        self.fd = fd
+        self.masked = False
+        if fd is not None and self.level:
+            self._fire()
+
+
+class VectorEventfds:
+    """The function's ``msi_sink``: a tagged message's data is the vector to signal."""
+
+    def __init__(self) -> None:
+        self.fds: list[int | None] = []
+        self.delivered = 0
+
+    def deliver_msi(self, address: int, data: int) -> None:
+        """Write the eventfd of vector ``data`` (messages not tagged by us are dropped)."""
+        if address != MSI_TAG_ADDRESS or not 0 <= data < len(self.fds) or self.fds[data] is None:
+            if _tp_drop.on:
+                _tp_drop.emit(address=address, data=data, reason="no eventfd for this message")
+            return
+        fd = self.fds[data]
+        assert fd is not None
+        self.delivered += 1
+        signal_eventfd(fd)
+
+    def close(self) -> None:
+        """Close every vector eventfd."""
+        close_fds(fd for fd in self.fds if fd is not None)
+        self.fds = []
+
+
+class ServerInterrupts:
+    """Implements ``GET_IRQ_INFO``/``SET_IRQS`` for one function (rules 1–3).
+
+    Installs itself as the function's ``intx`` and ``msi_sink``.
+    """
+
+    def __init__(self, function: PciFunction) -> None:
+        self.function = function
+        self.intx = IntxEventfd()
+        self.vectors = VectorEventfds()
+        self.active: int | None = None  # VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX or None
+        function.intx = self.intx
+        function.msi_sink = self.vectors
+
+    # -- GET_IRQ_INFO ---------------------------------------------------------------------
+
+    def count(self, index: int) -> int:
+        """How many interrupts index ``index`` has."""
+        fn = self.function
+        if index == VFIO_PCI_INTX_IRQ_INDEX:
+            return 1 if fn.config.get(pcidefs.PCI_INTERRUPT_PIN, 1) else 0
+        if index == VFIO_PCI_MSI_IRQ_INDEX:
+            return fn.msi.vectors if fn.msi is not None else 0
+        if index == VFIO_PCI_MSIX_IRQ_INDEX:
+            return fn.msix.vectors if fn.msix is not None else 0
+        return 0
+
+    def info(self, index: int) -> IrqInfo:
+        """``struct vfio_irq_info`` for ``index``.
+
+        Raises:
+            VfioUserReject: no such index.
+        """
+        if not 0 <= index < VFIO_PCI_NUM_IRQS:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {index} does not exist")
+        flags = VFIO_IRQ_INFO_EVENTFD
+        if index == VFIO_PCI_INTX_IRQ_INDEX:
+            flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
+        elif index in (VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
+            flags |= VFIO_IRQ_INFO_NORESIZE
+        return IrqInfo(index, flags, self.count(index))
+
+    # -- SET_IRQS -------------------------------------------------------------------------
+
+    def set_irqs(self, index: int, flags: int, start: int, count: int, data: bytes, fds: Sequence[int]) -> list[int]:
+        """Apply one ``SET_IRQS``; return the fds now owned here (the caller closes the rest).
+
+        Raises:
+            VfioUserReject: the request is invalid for this function.
+        """
+        if not 0 <= index < VFIO_PCI_NUM_IRQS:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {index} does not exist")
+        data_kind = flags & VFIO_IRQ_SET_DATA_TYPE_MASK
+        action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK
+        if flags & ~(VFIO_IRQ_SET_DATA_TYPE_MASK | VFIO_IRQ_SET_ACTION_TYPE_MASK):
+            raise VfioUserReject(errno.EINVAL, f"unknown SET_IRQS flags {flags:#x}")
+        if data_kind not in (VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD):
+            raise VfioUserReject(errno.EINVAL, "SET_IRQS needs exactly one DATA flag")
+        if action not in (VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_ACTION_TRIGGER):
+            raise VfioUserReject(errno.EINVAL, "SET_IRQS needs exactly one ACTION flag")
+        available = self.count(index)
+        # linux/vfio.h: count 0 with DATA_NONE|ACTION_TRIGGER disables the whole index.
+        if count == 0:
+            if data_kind != VFIO_IRQ_SET_DATA_NONE or action != VFIO_IRQ_SET_ACTION_TRIGGER or start != 0 or fds:
+                raise VfioUserReject(errno.EINVAL, "count 0 is only valid to disable an index (DATA_NONE|TRIGGER)")
+            self._disable(index)
+            return []
+        # start and count are u32 from the wire; Python ints do not wrap, so the sum is exact.
+        if start + count > available:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {index}: [{start}, +{count}) exceeds {available} interrupts")
+        if data_kind == VFIO_IRQ_SET_DATA_BOOL and len(data) != count:
+            raise VfioUserReject(errno.EINVAL, f"DATA_BOOL needs {count} bytes, got {len(data)}")
+        if data_kind != VFIO_IRQ_SET_DATA_EVENTFD and fds:
+            raise VfioUserReject(errno.EINVAL, "file descriptors sent without DATA_EVENTFD")
+        if data_kind == VFIO_IRQ_SET_DATA_EVENTFD and fds and len(fds) != count:
+            raise VfioUserReject(errno.EINVAL, f"DATA_EVENTFD needs {count} descriptors, got {len(fds)}")
+        selected = [i for i in range(count) if data_kind != VFIO_IRQ_SET_DATA_BOOL or data[i]]
+        if action != VFIO_IRQ_SET_ACTION_TRIGGER:
+            return self._mask_action(index, action, data_kind, bool(selected))
+        if data_kind == VFIO_IRQ_SET_DATA_EVENTFD:
+            return self._wire(index, start, count, fds)
+        self._loopback(index, [start + i for i in selected])
+        return []
+
+    def _mask_action(self, index: int, action: int, data_kind: int, selected: bool) -> list[int]:
+        if index != VFIO_PCI_INTX_IRQ_INDEX:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {index} is not maskable")
+        if data_kind == VFIO_IRQ_SET_DATA_EVENTFD:
+            raise VfioUserReject(errno.EINVAL, "mask/unmask eventfds (irqfd resample) are not supported")
+        if not selected:
+            return []
+        if action == VFIO_IRQ_SET_ACTION_MASK:
+            self.intx.mask()
+        else:
+            self.intx.unmask()
+        return []
+
+    def _loopback(self, index: int, vectors: list[int]) -> None:
+        """``DATA_NONE``/``DATA_BOOL`` with ``TRIGGER``: signal the wired eventfds."""
+        if index == VFIO_PCI_INTX_IRQ_INDEX:
+            if self.intx.fd is not None and vectors:
+                signal_eventfd(self.intx.fd)
+            return
+        if self.active == index:
+            for v in vectors:
+                fd = self.vectors.fds[v] if v < len(self.vectors.fds) else None
+                if fd is not None:
+                    signal_eventfd(fd)
+
+    def _wire(self, index: int, start: int, count: int, fds: Sequence[int]) -> list[int]:
+        if self.active is not None and self.active != index:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {self.active} is active; disable it first")
+        try:
+            kept = [_adopt(fd) for fd in fds if fd >= 0]
+        except OSError as exc:
+            raise VfioUserReject(errno.EBADF, f"unusable eventfd: {exc}") from None
+        if index == VFIO_PCI_INTX_IRQ_INDEX:
+            self.intx.set_fd(fds[0] if fds and fds[0] >= 0 else None)
+            self.active = index if self.intx.fd is not None else None
+            return kept
+        slots = self.vectors.fds
+        if self.active != index:
+            self.vectors.close()
+            slots = self.vectors.fds = [None] * self.count(index)
+        for i in range(count):
+            old = slots[start + i]
+            new = fds[i] if fds and fds[i] >= 0 else None
+            if old is not None and old != new:
+                close_fds([old])
+            slots[start + i] = new
+        if any(fd is not None for fd in slots):
+            self.active = index
+            self._program(index, enable=True)
+        else:
+            self._disable(index)
+        return kept
+
+    def _disable(self, index: int) -> None:
+        if index == VFIO_PCI_INTX_IRQ_INDEX:
+            self.intx.set_fd(None)
+        elif self.active == index:
+            self.vectors.close()
+            self._program(index, enable=False)
+        if self.active == index:
+            self.active = None
+
+    def reapply(self) -> None:
+        """Program the function again after its reset cleared MSI/MSI-X state."""
+        if self.active in (VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
+            self._program(self.active, enable=True)
+
+    def close(self) -> None:
+        """Unwire everything (client disconnect); the function keeps its other state."""
+        for index in (VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
+            self._disable(index)
+        self.vectors.close()
+
+    # -- programming the function's own capability (see the module docstring) ------------
+
+    def _program(self, index: int, enable: bool) -> None:
+        fn = self.function
+        config = fn.config
+        if index == VFIO_PCI_MSIX_IRQ_INDEX and fn.msix is not None:
+            msix = fn.msix
+            control = config.get(msix.offset + pcidefs.PCI_MSIX_FLAGS, 2)
+            control &= ~(pcidefs.PCI_MSIX_FLAGS_ENABLE | pcidefs.PCI_MSIX_FLAGS_MASKALL)
+            control |= pcidefs.PCI_MSIX_FLAGS_ENABLE if enable else 0
+            config.set(msix.offset + pcidefs.PCI_MSIX_FLAGS, 2, control)
+            for v in range(msix.vectors):
+                if enable:
+                    _MSIX_ENTRY.pack_into(msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, MSI_TAG_ADDRESS, 0, v, 0)
+                else:
+                    _MSIX_ENTRY.pack_into(
+                        msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, 0, 0, 0, pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT
+                    )
+            msix.pba[:] = bytes(len(msix.pba))
+        elif index == VFIO_PCI_MSI_IRQ_INDEX and fn.msi is not None:
+            msi = fn.msi
+            base = msi.offset
+            wired = max(1, len(self.vectors.fds))
+            mme = (wired - 1).bit_length()  # log2 of the next power of two
+            control = config.get(base + pcidefs.PCI_MSI_FLAGS, 2)
+            control &= ~(pcidefs.PCI_MSI_FLAGS_ENABLE | pcidefs.PCI_MSI_FLAGS_QSIZE)
+            if enable:
+                control |= pcidefs.PCI_MSI_FLAGS_ENABLE | (mme << 4)
+            config.set(base + pcidefs.PCI_MSI_FLAGS, 2, control)
+            # PCI 3.0 §6.8.1: address (+4, +8 if 64-bit), data, then mask and pending.
+            config.set(base + pcidefs.PCI_MSI_ADDRESS_LO, 4, MSI_TAG_ADDRESS if enable else 0)
+            data_offset = base + (12 if msi.is_64bit else 8)
+            if msi.is_64bit:
+                config.set(base + 8, 4, 0)
+            config.set(data_offset, 2, 0)
+            if msi.per_vector_mask:
+                config.set(data_offset + 4, 4, 0)
+                config.set(data_offset + 8, 4, 0)

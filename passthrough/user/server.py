@@ -1,0 +1,611 @@
+"""A vfio-user server: any devmodels ``PciFunction`` served to a vfio-user client (a VMM).
+
+Regions (vfio-pci's fixed layout, ``linux/vfio.h``): 0–5 are the function's BARs
+(``bar_read``/``bar_write`` at offsets), 6 (ROM) and 8 (VGA) are absent (size 0), 7 is
+config space (``config_read``/``config_write``). IRQ indexes: INTx, MSI, MSI-X with the
+function's vector counts (``irqs.ServerInterrupts``); ERR and REQ have none. DMA windows
+from the client become regions of the device's ``GuestMemory`` (``dma.DmaTable``).
+
+Rules:
+
+1. Every command is answered from a table (``_HANDLERS``); before ``VFIO_USER_VERSION``
+   only ``VERSION`` is accepted, after it ``VERSION`` is refused.
+2. Client input is untrusted (vfio-user.rst "Security Considerations"): a malformed or
+   invalid command gets an error reply with an errno (``VfioUserReject``), the fds it
+   carried are closed, and the server carries on. Only a header that breaks the framing
+   (``msg_size`` below 16 or above the limit) ends the connection, after an error reply.
+   Nothing the client sends raises out of ``serve``.
+3. All work is bounded: a region access moves at most ``max_data_xfer_size`` bytes, split
+   into naturally aligned 1/2/4/8-byte accesses (1/2/4 for config space) exactly as the
+   core bus splits guest accesses.
+4. ``argsz`` in a request is the largest reply payload the client accepts (vfio-user.rst
+   "Message sizes"); a value below the fixed structure is ``EINVAL``, as is one claiming
+   more request bytes than were sent for the commands where it sizes the request.
+5. Writes the client makes to the MSI and MSI-X capabilities and to the MSI-X table/PBA
+   are dropped: the server programs those itself from ``SET_IRQS`` (see ``irqs``), as
+   kernel vfio-pci virtualizes them.
+6. On disconnect every DMA window is unmapped and every fd the client gave is closed; the
+   device keeps its state (vfio-user.rst "Client Disconnection").
+7. Device DMA to windows without an fd goes out as ``VFIO_USER_DMA_READ``/``DMA_WRITE``
+   on the same socket; commands that arrive while the server waits for their replies are
+   queued (at most ``_MAX_QUEUED``) and run afterwards in order.
+8. Migration (``DEVICE_FEATURE``, ``MIG_DATA_READ``/``WRITE``) goes through the device's
+   snapshot contract; see ``migration``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+from devmodels import GuestMemory, GuestMemoryError, trace
+from devmodels.pci import PciFunction
+from devmodels.pci import defs as pcidefs
+
+from ..defs import (
+    VFIO_DEVICE_FLAGS_PCI,
+    VFIO_DEVICE_FLAGS_RESET,
+    VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+    VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_NUM_IRQS,
+    VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_USER_COMMAND_NAMES,
+    VFIO_DEVICE_FEATURE_GET,
+    VFIO_DEVICE_FEATURE_MASK,
+    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+    VFIO_DEVICE_FEATURE_MIGRATION,
+    VFIO_DEVICE_FEATURE_PROBE,
+    VFIO_DEVICE_FEATURE_SET,
+    VFIO_MIGRATION_STOP_COPY,
+    VFIO_USER_DEVICE_FEATURE,
+    VFIO_USER_DEVICE_GET_INFO,
+    VFIO_USER_DEVICE_GET_IRQ_INFO,
+    VFIO_USER_DEVICE_GET_REGION_INFO,
+    VFIO_USER_DEVICE_RESET,
+    VFIO_USER_DEVICE_SET_IRQS,
+    VFIO_USER_DMA_MAP,
+    VFIO_USER_DMA_READ,
+    VFIO_USER_DMA_UNMAP,
+    VFIO_USER_DMA_WRITE,
+    VFIO_USER_F_ERROR,
+    VFIO_USER_F_TYPE_COMMAND,
+    VFIO_USER_F_TYPE_MASK,
+    VFIO_USER_F_TYPE_REPLY,
+    VFIO_USER_MAJOR,
+    VFIO_USER_MIG_DATA_READ,
+    VFIO_USER_MIG_DATA_WRITE,
+    VFIO_USER_MINOR,
+    VFIO_USER_REGION_READ,
+    VFIO_USER_REGION_WRITE,
+    VFIO_USER_VERSION,
+)
+from ..errors import VfioUserDisconnectedError, VfioUserReject
+from ..layouts import (
+    Layout,
+    LayoutError,
+    vfio_device_feature_mig_state,
+    vfio_device_feature_migration,
+    vfio_irq_info,
+    vfio_irq_set,
+    vfio_region_info,
+    vfio_user_device_info,
+    vfio_user_dma_map,
+    vfio_user_dma_region_access,
+    vfio_user_dma_unmap,
+    vfio_user_device_feature,
+    vfio_user_mig_data,
+    vfio_user_region_access,
+)
+from .dma import DmaMemory, DmaTable
+from .framing import Message, MessageSocket, VfioUserFramingError
+from .irqs import ServerInterrupts
+from .migration import MigrationStateMachine
+from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version
+
+__all__ = ["VfioUserServer", "access_pieces"]
+
+_log = logging.getLogger("devmodels.passthrough.vfio_user")
+_tp_reject = trace.tracepoint("vfio_user.reject")
+_tp_command = trace.tracepoint("vfio_user.command")
+_tp_dropped_write = trace.tracepoint("vfio_user.dropped_write")
+
+T = TypeVar("T", bound=tuple)
+
+_MAX_QUEUED = 64
+_PAYLOAD_SLACK = 4096  # room above max_data_xfer_size for fixed structures and IRQ bools
+
+
+def access_pieces(offset: int, count: int, widest: int) -> list[tuple[int, int]]:
+    """Split ``[offset, offset+count)`` into naturally aligned accesses of at most ``widest``."""
+    pieces = []
+    pos, end = offset, offset + count
+    while pos < end:
+        size = widest
+        while size > 1 and (pos % size or pos + size > end):
+            size //= 2
+        pieces.append((pos, size))
+        pos += size
+    return pieces
+
+
+def _unpack(layout: Layout[T], payload: bytes) -> T:
+    try:
+        return layout.unpack(payload)
+    except LayoutError as exc:
+        raise VfioUserReject(errno.EINVAL, str(exc)) from None
+
+
+def _check_argsz(argsz: int, fixed: int, name: str) -> None:
+    if argsz < fixed:
+        raise VfioUserReject(errno.EINVAL, f"{name}: argsz {argsz} is smaller than the {fixed}-byte structure")
+
+
+class VfioUserServer:
+    """Serves ``function`` to one vfio-user client at a time.
+
+    Args:
+        function: the PCI function (its INTx and MSI sinks are taken over).
+        memory: the memory the function's DMA uses; client DMA windows are mapped into it
+            (pass a ``DmaMemory`` to also accept windows without an fd).
+        reset: what ``VFIO_USER_DEVICE_RESET`` calls; default ``function.reset()`` if the
+            device defines one, else ``function.reset_function()``.
+        max_data_xfer_size: the largest region/DMA transfer accepted (advertised).
+        max_dma_maps: the most DMA windows at once (advertised).
+        max_msg_fds: the most fds accepted with one message (advertised).
+    """
+
+    def __init__(
+        self,
+        function: PciFunction,
+        memory: GuestMemory,
+        *,
+        reset: Callable[[], None] | None = None,
+        max_data_xfer_size: int = 1 << 20,
+        max_dma_maps: int = 1024,
+        max_msg_fds: int = 64,
+    ) -> None:
+        function.realize()
+        self.function = function
+        self.memory = memory
+        self.irqs = ServerInterrupts(function)
+        self.dma = DmaTable(memory, max_dma_maps)
+        self.migration = MigrationStateMachine(function, after_restore=self.irqs.reapply)
+        default_reset = getattr(function, "reset", None)
+        self._reset: Callable[[], None] = reset or (default_reset if callable(default_reset) else function.reset_function)
+        self.caps = VersionCapabilities(
+            max_msg_fds=max_msg_fds, max_data_xfer_size=max_data_xfer_size, max_dma_maps=max_dma_maps
+        )
+        self.client_caps = VersionCapabilities()
+        self.negotiated = False
+        self._conn: MessageSocket | None = None
+        self._queued: collections.deque[Message] = collections.deque()
+        self._next_id = 0
+        self._closing = False
+        self.rejected = 0
+        self._handlers: dict[int, Callable[[Message], tuple[bytes, list[int]]]] = {
+            VFIO_USER_VERSION: self._version,
+            VFIO_USER_DMA_MAP: self._dma_map,
+            VFIO_USER_DMA_UNMAP: self._dma_unmap,
+            VFIO_USER_DEVICE_GET_INFO: self._device_info,
+            VFIO_USER_DEVICE_GET_REGION_INFO: self._region_info,
+            VFIO_USER_DEVICE_GET_IRQ_INFO: self._irq_info,
+            VFIO_USER_DEVICE_SET_IRQS: self._set_irqs,
+            VFIO_USER_REGION_READ: self._region_read,
+            VFIO_USER_REGION_WRITE: self._region_write,
+            VFIO_USER_DEVICE_RESET: self._device_reset,
+            VFIO_USER_DEVICE_FEATURE: self._device_feature,
+            VFIO_USER_MIG_DATA_READ: self._mig_data_read,
+            VFIO_USER_MIG_DATA_WRITE: self._mig_data_write,
+        }
+
+    # -- connection -----------------------------------------------------------------------
+
+    def serve(self, sock: socket.socket) -> None:
+        """Serve one client on a connected socket until it disconnects (rules 2, 6).
+
+        The socket is closed on return.
+        """
+        conn = MessageSocket(
+            sock, max_payload=self.caps.max_data_xfer_size + _PAYLOAD_SLACK, max_fds=self.caps.max_msg_fds
+        )
+        self._conn = conn
+        self._closing = False
+        self.negotiated = False
+        self.client_caps = VersionCapabilities()
+        if isinstance(self.memory, DmaMemory):
+            self.memory.channel = self
+        try:
+            while not self._closing:
+                message = self._queued.popleft() if self._queued else conn.recv()
+                if message is None:
+                    break
+                self.dispatch(message)
+        except VfioUserFramingError as exc:
+            if exc.header is not None:
+                too_big = exc.header.msg_size > conn.max_payload
+                self._send_error(exc.header.msg_id, exc.header.command, errno.E2BIG if too_big else errno.EINVAL, str(exc))
+        except VfioUserDisconnectedError:
+            pass
+        finally:
+            self._disconnect()
+
+    def serve_forever(self, listener: socket.socket) -> None:
+        """Accept clients on a listening socket one after the other (until it is closed)."""
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            self.serve(sock)
+
+    def shutdown(self) -> None:
+        """Make ``serve`` return soon (from another thread)."""
+        self._closing = True
+        if self._conn is not None:
+            try:
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _disconnect(self) -> None:
+        if isinstance(self.memory, DmaMemory):
+            self.memory.channel = None
+        self.dma.clear()
+        self.irqs.close()
+        while self._queued:
+            self._queued.popleft().close_fds()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def dispatch(self, message: Message) -> None:
+        """Handle one received message and send its reply (rules 1, 2)."""
+        kind = message.flags & VFIO_USER_F_TYPE_MASK
+        if kind == VFIO_USER_F_TYPE_REPLY:
+            message.close_fds()  # a reply to nothing we asked: drop it
+            self._reject(message, VfioUserReject(errno.EINVAL, "unsolicited reply"), reply=False)
+            return
+        if _tp_command.on:
+            _tp_command.emit(command=VFIO_USER_COMMAND_NAMES.get(message.command, message.command), msg_id=message.msg_id)
+        kept: list[int] = []
+        try:
+            if kind != VFIO_USER_F_TYPE_COMMAND:
+                raise VfioUserReject(errno.EINVAL, f"message type {kind} is neither command nor reply")
+            if message.fds_truncated:
+                raise VfioUserReject(errno.EINVAL, f"more than {self.caps.max_msg_fds} file descriptors")
+            handler = self._handlers.get(message.command)
+            if handler is None:
+                if message.command in (VFIO_USER_DMA_READ, VFIO_USER_DMA_WRITE):
+                    raise VfioUserReject(errno.EINVAL, "DMA_READ/DMA_WRITE go from server to client")
+                raise VfioUserReject(errno.ENOTSUP, f"command {message.command} is not supported")
+            if not self.negotiated and message.command != VFIO_USER_VERSION:
+                raise VfioUserReject(errno.EINVAL, "VFIO_USER_VERSION must come first")
+            payload, kept = handler(message)
+        except VfioUserReject as exc:
+            self._reject(message, exc)
+            return
+        except Exception as exc:  # a device model bug must not kill the server (rule 2)
+            _log.exception("vfio-user %s handler failed", message.command)
+            self._reject(message, VfioUserReject(errno.EIO, f"internal error: {exc!r}"))
+            return
+        finally:
+            message.close_fds(keep=kept)
+        if not message.no_reply:
+            self._send(message.msg_id, message.command, payload, flags=VFIO_USER_F_TYPE_REPLY)
+
+    def _reject(self, message: Message, exc: VfioUserReject, reply: bool = True) -> None:
+        self.rejected += 1
+        if _tp_reject.on:
+            _tp_reject.emit(command=message.command, msg_id=message.msg_id, errno=exc.errno, reason=exc.reason)
+        if reply and not message.no_reply:
+            self._send_error(message.msg_id, message.command, exc.errno, exc.reason)
+
+    def _send_error(self, msg_id: int, command: int, error_no: int, reason: str) -> None:
+        self._send(msg_id, command, b"", flags=VFIO_USER_F_TYPE_REPLY | VFIO_USER_F_ERROR, error_no=error_no)
+
+    def _send(self, msg_id: int, command: int, payload: bytes, *, flags: int, error_no: int = 0) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.send(msg_id, command, payload, flags=flags, error_no=error_no)
+        except VfioUserDisconnectedError:
+            self._closing = True
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _version(self, message: Message) -> tuple[bytes, list[int]]:
+        if self.negotiated:
+            raise VfioUserReject(errno.EINVAL, "version already negotiated")
+        if message.fds:
+            raise VfioUserReject(errno.EINVAL, "VFIO_USER_VERSION carries no file descriptors")
+        try:
+            major, minor, caps = decode_version(message.payload)
+        except VersionError as exc:
+            raise VfioUserReject(errno.EINVAL, str(exc)) from None
+        if major != VFIO_USER_MAJOR:
+            # vfio-user.rst: the server "closes the connection if it cannot support the
+            # advertised version"; the error reply tells the client why first.
+            self._closing = True
+            raise VfioUserReject(errno.ENOTSUP, f"major version {major} is not {VFIO_USER_MAJOR}")
+        self.client_caps = caps
+        self.negotiated = True
+        return encode_version(VFIO_USER_MAJOR, min(minor, VFIO_USER_MINOR), self.caps), []
+
+    def _device_info(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_device_info, message.payload)
+        _check_argsz(request.argsz, vfio_user_device_info.size, "DEVICE_GET_INFO")
+        flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET
+        reply = vfio_user_device_info.pack(vfio_user_device_info.size, flags, VFIO_PCI_NUM_REGIONS, VFIO_PCI_NUM_IRQS)
+        return reply, []
+
+    def region_size(self, index: int) -> int:
+        """Size of region ``index`` (0 for an absent one)."""
+        if index == VFIO_PCI_CONFIG_REGION_INDEX:
+            return self.function.config.size
+        if 0 <= index < pcidefs.PCI_NUM_BARS:
+            bar = self.function.bars[index]
+            return bar.size if bar is not None else 0
+        return 0
+
+    def _region_info(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_region_info, message.payload)
+        _check_argsz(request.argsz, vfio_region_info.size, "DEVICE_GET_REGION_INFO")
+        if not 0 <= request.index < VFIO_PCI_NUM_REGIONS:
+            raise VfioUserReject(errno.EINVAL, f"region {request.index} does not exist")
+        size = self.region_size(request.index)
+        flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE if size else 0
+        return vfio_region_info.pack(vfio_region_info.size, flags, request.index, 0, size, 0), []
+
+    def _irq_info(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_irq_info, message.payload)
+        _check_argsz(request.argsz, vfio_irq_info.size, "DEVICE_GET_IRQ_INFO")
+        info = self.irqs.info(request.index)
+        return vfio_irq_info.pack(vfio_irq_info.size, info.flags, info.index, info.count), []
+
+    def _set_irqs(self, message: Message) -> tuple[bytes, list[int]]:
+        request = _unpack(vfio_irq_set, message.payload)
+        _check_argsz(request.argsz, vfio_irq_set.size, "DEVICE_SET_IRQS")
+        if request.argsz > len(message.payload):
+            raise VfioUserReject(errno.EINVAL, f"SET_IRQS argsz {request.argsz} exceeds the {len(message.payload)} bytes sent")
+        data = message.payload[vfio_irq_set.size : request.argsz]
+        kept = self.irqs.set_irqs(request.index, request.flags, request.start, request.count, data, message.fds)
+        return b"", kept
+
+    def _dma_map(self, message: Message) -> tuple[bytes, list[int]]:
+        request = _unpack(vfio_user_dma_map, message.payload)
+        _check_argsz(request.argsz, vfio_user_dma_map.size, "DMA_MAP")
+        if request.argsz > len(message.payload):
+            raise VfioUserReject(errno.EINVAL, f"DMA_MAP argsz {request.argsz} exceeds the {len(message.payload)} bytes sent")
+        if len(message.fds) > 1:
+            raise VfioUserReject(errno.EINVAL, f"DMA_MAP carries {len(message.fds)} file descriptors (at most 1)")
+        fd = message.fds[0] if message.fds else None
+        self.dma.add(request.address, request.size, request.flags, fd, request.offset)
+        return b"", [fd] if fd is not None else []
+
+    def _dma_unmap(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_dma_unmap, message.payload)
+        _check_argsz(request.argsz, vfio_user_dma_unmap.size, "DMA_UNMAP")
+        if request.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP:
+            raise VfioUserReject(errno.ENOTSUP, "dirty page tracking is not supported")
+        if request.flags:
+            raise VfioUserReject(errno.EINVAL, f"unknown DMA_UNMAP flags {request.flags:#x}")
+        self.dma.remove(request.address, request.size)
+        reply = vfio_user_dma_unmap.pack(vfio_user_dma_unmap.size, 0, request.address, request.size)
+        return reply, []
+
+    def _check_access(self, region: int, offset: int, count: int) -> None:
+        if not 0 <= region < VFIO_PCI_NUM_REGIONS:
+            raise VfioUserReject(errno.EINVAL, f"region {region} does not exist")
+        if count > self.caps.max_data_xfer_size:
+            raise VfioUserReject(errno.E2BIG, f"count {count} exceeds max_data_xfer_size")
+        size = self.region_size(region)
+        # offset is a u64 and count a u32 from the wire; Python ints do not wrap, so an
+        # offset near 2**64 fails here instead of wrapping around to the region's start.
+        if offset + count > size:
+            raise VfioUserReject(errno.EINVAL, f"[{offset:#x}, +{count:#x}) is outside region {region} ({size:#x} bytes)")
+
+    def _region_read(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_region_access, message.payload)
+        if len(message.payload) != vfio_user_region_access.size:
+            raise VfioUserReject(errno.EINVAL, "REGION_READ carries data")
+        self._check_access(request.region, request.offset, request.count)
+        fn = self.function
+        out = bytearray()
+        if request.region == VFIO_PCI_CONFIG_REGION_INDEX:
+            for pos, size in access_pieces(request.offset, request.count, 4):
+                out += fn.config_read(pos, size).to_bytes(size, "little")
+        else:
+            for pos, size in access_pieces(request.offset, request.count, 8):
+                out += fn.bar_read(request.region, pos, size).to_bytes(size, "little")
+        return message.payload + bytes(out), []
+
+    def _region_write(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_region_access, message.payload)
+        data = message.payload[vfio_user_region_access.size :]
+        if len(data) != request.count:
+            raise VfioUserReject(errno.EINVAL, f"REGION_WRITE count {request.count} but {len(data)} data bytes")
+        self._check_access(request.region, request.offset, request.count)
+        fn = self.function
+        if request.region == VFIO_PCI_CONFIG_REGION_INDEX:
+            for pos, size in access_pieces(request.offset, request.count, 4):
+                value = int.from_bytes(data[pos - request.offset : pos - request.offset + size], "little")
+                self._config_write(pos, size, value)
+        else:
+            for pos, size in access_pieces(request.offset, request.count, 8):
+                value = int.from_bytes(data[pos - request.offset : pos - request.offset + size], "little")
+                if self._msix_structure(request.region, pos, size):
+                    if _tp_dropped_write.on:
+                        _tp_dropped_write.emit(region=request.region, offset=pos, reason="MSI-X table/PBA")
+                    continue
+                fn.bar_write(request.region, pos, size, value)
+        return message.payload[: vfio_user_region_access.size], []
+
+    def _protected_config(self) -> list[tuple[int, int]]:
+        fn = self.function
+        ranges = []
+        if fn.msi is not None:
+            ranges.append((fn.msi.offset, fn.msi.offset + fn.msi.length))
+        if fn.msix is not None:
+            ranges.append((fn.msix.offset, fn.msix.offset + 12))
+        return ranges
+
+    def _config_write(self, offset: int, size: int, value: int) -> None:
+        """A client config write with the MSI/MSI-X capability bytes removed (rule 5)."""
+        protected = self._protected_config()
+        run_start = None
+        for i in range(size + 1):
+            pos = offset + i
+            keep = i < size and not any(lo <= pos < hi for lo, hi in protected)
+            if keep and run_start is None:
+                run_start = i
+            elif not keep and run_start is not None:
+                length = i - run_start
+                part = (value >> (8 * run_start)) & ((1 << (8 * length)) - 1)
+                for piece_pos, piece_size in access_pieces(offset + run_start, length, 4):
+                    shift = 8 * (piece_pos - offset - run_start)
+                    self.function.config_write(piece_pos, piece_size, (part >> shift) & ((1 << (8 * piece_size)) - 1))
+                run_start = None
+        if len(protected) and any(lo < offset + size and offset < hi for lo, hi in protected) and _tp_dropped_write.on:
+            _tp_dropped_write.emit(region=VFIO_PCI_CONFIG_REGION_INDEX, offset=offset, reason="MSI/MSI-X capability")
+
+    def _msix_structure(self, region: int, offset: int, size: int) -> bool:
+        msix = self.function.msix
+        if msix is None or msix.bar != region:
+            return False
+        for start, length in ((msix.table_offset, msix.table_len), (msix.pba_offset, msix.pba_len)):
+            if offset < start + length and start < offset + size:
+                return True
+        return False
+
+    def _device_reset(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        if message.payload:
+            raise VfioUserReject(errno.EINVAL, "DEVICE_RESET has no payload")
+        self._reset()
+        self.irqs.reapply()
+        self.migration.reset()
+        return b"", []
+
+    # -- migration (passthrough.user.migration) -------------------------------------------
+
+    def _device_feature(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_device_feature, message.payload)
+        _check_argsz(request.argsz, vfio_user_device_feature.size, "DEVICE_FEATURE")
+        ops = request.flags & (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE)
+        feature = request.flags & VFIO_DEVICE_FEATURE_MASK
+        if request.flags & ~(VFIO_DEVICE_FEATURE_MASK | ops) or not ops:
+            raise VfioUserReject(errno.EINVAL, f"bad DEVICE_FEATURE flags {request.flags:#x}")
+        get, set_, probe = (bool(ops & bit) for bit in (VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FEATURE_PROBE))
+        if get and set_ and not probe:
+            raise VfioUserReject(errno.EINVAL, "GET and SET are exclusive unless probing")
+        if feature not in (VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE) or not self.migration.supported:
+            raise VfioUserReject(errno.ENOTSUP, f"device feature {feature} is not supported")
+        if feature == VFIO_DEVICE_FEATURE_MIGRATION and set_:
+            raise VfioUserReject(errno.ENOTSUP, "VFIO_DEVICE_FEATURE_MIGRATION cannot be set")
+        if probe:
+            return message.payload[: vfio_user_device_feature.size], []
+        data = message.payload[vfio_user_device_feature.size :]
+        if set_:  # MIG_DEVICE_STATE
+            target = _unpack(vfio_device_feature_mig_state, data)
+            self.migration.set_state(target.device_state)
+            return message.payload, []
+        if feature == VFIO_DEVICE_FEATURE_MIGRATION:
+            body = vfio_device_feature_migration.pack(VFIO_MIGRATION_STOP_COPY)
+        else:
+            body = vfio_device_feature_mig_state.pack(self.migration.state, -1)
+        size = vfio_user_device_feature.size + len(body)
+        if request.argsz < size:
+            raise VfioUserReject(errno.EINVAL, f"DEVICE_FEATURE GET needs argsz {size}")
+        return vfio_user_device_feature.pack(size, request.flags) + body, []
+
+    def _mig_data_read(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_mig_data, message.payload)
+        _check_argsz(request.argsz, vfio_user_mig_data.size, "MIG_DATA_READ")
+        if request.size > self.caps.max_data_xfer_size:
+            raise VfioUserReject(errno.E2BIG, f"MIG_DATA_READ size {request.size} exceeds max_data_xfer_size")
+        chunk = self.migration.read(min(request.size, request.argsz - vfio_user_mig_data.size))
+        return vfio_user_mig_data.pack(vfio_user_mig_data.size + len(chunk), len(chunk)) + chunk, []
+
+    def _mig_data_write(self, message: Message) -> tuple[bytes, list[int]]:
+        self._no_fds(message)
+        request = _unpack(vfio_user_mig_data, message.payload)
+        _check_argsz(request.argsz, vfio_user_mig_data.size, "MIG_DATA_WRITE")
+        data = message.payload[vfio_user_mig_data.size :]
+        if request.size != len(data):
+            raise VfioUserReject(errno.EINVAL, f"MIG_DATA_WRITE size {request.size} but {len(data)} data bytes")
+        self.migration.write(data)
+        return b"", []
+
+    @staticmethod
+    def _no_fds(message: Message) -> None:
+        if message.fds:
+            raise VfioUserReject(errno.EINVAL, f"{len(message.fds)} stray file descriptors")
+
+    # -- server-to-client DMA (rule 7; DmaChannel) ----------------------------------------
+
+    def dma_read(self, address: int, count: int) -> bytes:
+        """Read client memory with ``VFIO_USER_DMA_READ`` (``GuestMemoryError`` on failure)."""
+        out = bytearray()
+        step = max(1, self.client_caps.max_data_xfer_size)
+        for pos in range(address, address + count, step):
+            n = min(step, address + count - pos)
+            reply = self._dma_request(VFIO_USER_DMA_READ, vfio_user_dma_region_access.pack(pos, n), pos, n)
+            data = reply[vfio_user_dma_region_access.size :]
+            if len(data) != n:
+                raise GuestMemoryError(pos, n, "DMA_READ reply has the wrong length")
+            out += data
+        return bytes(out)
+
+    def dma_write(self, address: int, data: bytes) -> None:
+        """Write client memory with ``VFIO_USER_DMA_WRITE`` (``GuestMemoryError`` on failure)."""
+        step = max(1, self.client_caps.max_data_xfer_size)
+        for start in range(0, len(data), step):
+            chunk = data[start : start + step]
+            self._dma_request(
+                VFIO_USER_DMA_WRITE, vfio_user_dma_region_access.pack(address + start, len(chunk)) + chunk,
+                address + start, len(chunk),
+            )
+
+    def _dma_request(self, command: int, payload: bytes, address: int, count: int) -> bytes:
+        conn = self._conn
+        if conn is None or self._closing:
+            raise GuestMemoryError(address, count, "no vfio-user client connected")
+        self._next_id = (self._next_id + 1) & 0xFFFF
+        msg_id = self._next_id
+        try:
+            conn.send(msg_id, command, payload)
+            while True:
+                message = conn.recv()
+                if message is None:
+                    raise VfioUserDisconnectedError("client closed the connection")
+                if message.is_reply:
+                    message.close_fds()
+                    if message.msg_id == msg_id and message.command == command:
+                        break
+                    continue  # a reply to nothing outstanding: dropped
+                if len(self._queued) >= _MAX_QUEUED:
+                    message.close_fds()
+                    raise VfioUserDisconnectedError("client flooded the socket while a DMA reply was due")
+                self._queued.append(message)
+        except (VfioUserDisconnectedError, VfioUserFramingError) as exc:
+            self._closing = True
+            raise GuestMemoryError(address, count, f"vfio-user DMA failed: {exc}") from None
+        if message.is_error:
+            raise GuestMemoryError(address, count, f"client refused DMA (errno {message.error_no})")
+        return message.payload
