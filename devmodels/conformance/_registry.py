@@ -17,6 +17,7 @@ __all__ = ["PROVIDERS", "load_cases", "BrokenProvider"]
 
 PROVIDERS: list[str] = [
     "devmodels.conformance.cases.testdev:cases",
+    "devmodels.conformance.cases.e1000:cases",
 ]
 
 

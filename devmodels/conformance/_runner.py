@@ -47,6 +47,8 @@ def run_cases(
     from ..qemu.launcher import QemuLauncher
 
     image = build_case_image(cases, progress=None)
+    if serial_dir is not None:
+        serial_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases:
         progress(f"conformance: {case.name} ({case.driver} / {case.device} / {case.path}) ...")

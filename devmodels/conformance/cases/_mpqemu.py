@@ -7,8 +7,8 @@ Rules:
    as ``-device x-pci-proxy-dev,fd=M``. Guest RAM is a shared memfd so the device can DMA.
 2. The server process is ended by its PID when the case's ``ExitStack`` closes (after QEMU
    exited, it normally has already left on its own: the peer closed the socket).
-3. ``server_args(workdir)`` lets a device case add backend arguments (image files,
-   network sockets) created in the case's work directory.
+3. ``server_setup(stack, workdir)`` lets a device case add backend arguments (image
+   files, network sockets) and descriptors the server inherits.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class MpqemuCase:
     def image_extras(self, builder: ImageBuilder) -> None:
         """No extra files by default."""
 
-    def server_args(self, stack: contextlib.ExitStack, workdir: Path) -> list[str]:
-        """Extra arguments for the device server (rule 3)."""
-        return []
+    def server_setup(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[list[str], list[int]]:
+        """Extra arguments for the device server and fds it inherits (rule 3)."""
+        return [], []
 
     def start(self, stack: contextlib.ExitStack, workdir: Path) -> Attachment:
         """Start the device process and return the proxy attachment (rule 1)."""
@@ -84,12 +84,13 @@ class MpqemuCase:
         stack.callback(ours.close)
         self.server_log = workdir / "server.log"
         log = stack.enter_context(open(self.server_log, "wb"))
+        extra_args, extra_fds = self.server_setup(stack, workdir)
         argv = [sys.executable, "-m", "devmodels.qemu.mpqemu", "--fd", str(ours.fileno()),
-                "--device", self.server_device, *self.server_args(stack, workdir)]
+                "--device", self.server_device, *extra_args]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        server = subprocess.Popen(argv, pass_fds=[ours.fileno()], stdin=subprocess.DEVNULL, stdout=log,
+        server = subprocess.Popen(argv, pass_fds=[ours.fileno(), *extra_fds], stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
         stack.callback(_end, server)
         ours.close()

@@ -10,8 +10,10 @@ Usage::
 node,memdev=sysmem-file``) for the device to DMA. The process serves until QEMU closes its
 end (or SIGTERM/SIGINT), then exits 0.
 
-Rules: devices are built by name from ``DEVICES`` (name → factory taking the
-``GuestMemory`` that SYNC_SYSMEM fills); the lead adds entries as device models land.
+Rules: devices are built by name from ``served.DEVICES`` with their backends
+(``--backend socket:PATH``, ``tap:NAME``, ``file:PATH``, ``file-ro:PATH``, ``iso:PATH``)
+and options (``--opt KEY=VALUE``); their runtime glue (backend fds, timers) joins the
+server's event loop.
 """
 
 from __future__ import annotations
@@ -24,27 +26,16 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 
 from .config import DEFAULT_HIDDEN
+from .served import DEVICES, build_device
 from .server import MpqemuServer
+from ..._errors import HostError, UsageError
 from ..._memory import GuestMemory
-from ...pci import PciFunction
 
 __all__ = ["DEVICES", "main"]
-
-
-def _testdev(memory: GuestMemory) -> PciFunction:
-    from ...testdev import PciTestDevice
-
-    return PciTestDevice(memory)
-
-
-# name -> factory(memory) building the PCI function to serve.
-DEVICES: dict[str, Callable[[GuestMemory], PciFunction]] = {
-    "testdev": _testdev,
-}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not hide MSI/MSI-X capabilities (QEMU 7.2's proxy cannot deliver them)",
     )
+    parser.add_argument("--backend", action="append", default=[], metavar="SPEC",
+                        help="host backend: socket:PATH or tap:NAME (NIC), file:PATH, file-ro:PATH, iso:PATH (disks)")
+    parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="device option")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 
@@ -81,8 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mpqemu: --fd {args.fd} is not a UNIX stream socket", file=sys.stderr)
         return 2
     memory = GuestMemory()
-    function = DEVICES[args.device](memory)
-    server = MpqemuServer(function, sock, memory, hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
+    try:
+        served = build_device(args.device, memory, args.backend, args.opt)
+    except (UsageError, HostError) as exc:
+        sock.close()
+        print(f"mpqemu: {exc}", file=sys.stderr)
+        return 2
+    server = MpqemuServer(served.function, sock, memory, hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
+    served.attach(server.loop)
+    server.before_dispatch.append(lambda: served.before_message(server.loop))
+    server.after_dispatch.append(lambda: served.after_message(server.loop))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         server.stop()
@@ -94,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.run()
     finally:
         server.close()
+        served.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     stats = server.stats

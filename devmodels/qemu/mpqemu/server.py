@@ -30,7 +30,7 @@ import array
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import defs as d
 from .config import DEFAULT_HIDDEN
@@ -92,6 +92,10 @@ class MpqemuServer:
             function, memory, hide_capabilities=hide_capabilities, on_irqfd=self._irqfd_changed
         )
         self.closed = False
+        # Runtime glue of the served device (``served.ServedDevice``): called around every
+        # message, so a device sees the current time before a register write arms a timer.
+        self.before_dispatch: list[Callable[[], None]] = []
+        self.after_dispatch: list[Callable[[], None]] = []
         self._fd = sock.fileno()
         self._framer = MessageFramer()
         self._out = bytearray()
@@ -142,9 +146,13 @@ class MpqemuServer:
             self.endpoint.stats.refused += 1
             reply = encode_ret(d.MPQEMU_RET_ERROR) if self.endpoint.expects_reply(message.cmd) else None
         else:
+            for hook in self.before_dispatch:
+                hook()
             reply = self.endpoint.handle(message.cmd, message.payload, message.fds)
         if reply is not None:
             self._send(reply)
+        for hook in self.after_dispatch:
+            hook()
 
     # -- output ---------------------------------------------------------------------------
 

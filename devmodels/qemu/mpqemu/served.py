@@ -1,0 +1,213 @@
+"""Devices the mpqemu server process can serve, and what keeps each one running.
+
+Rules:
+
+1. A served device is a ``PciFunction`` plus its runtime glue (``ServedDevice``): the
+   backend descriptors it watches and the timers it needs, registered on the server's
+   ``EventLoop``. The device model itself stays sans-IO; only this glue touches fds and
+   the clock.
+2. ``before_message`` runs before each proxy message is handled (devices learn the current
+   time before a register write arms a timer); ``after_message`` runs after it (re-arm
+   timers, resume receive when the guest returned buffers).
+3. A receive path never spins: while the device has no room for a frame, the backend fd
+   is not watched; it is watched again once the device can take frames.
+4. Devices are built by name from ``DEVICES`` with the options of the command line:
+   ``--backend SPEC`` (``socket:PATH`` / ``tap:NAME`` for NICs, ``file:PATH`` /
+   ``file-ro:PATH`` for disks, ``iso:PATH`` for a CD-ROM) and ``--opt KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .loop import EventLoop, Timer
+from ..._errors import UsageError
+from ..._memory import GuestMemory
+from ...pci import PciFunction
+
+__all__ = ["DeviceOptions", "ServedDevice", "TimedNic", "DEVICES", "build_device", "open_net_backend"]
+
+
+@dataclass
+class DeviceOptions:
+    """What the command line says about the device (rule 4)."""
+
+    backends: list[str] = field(default_factory=list)
+    opts: dict[str, str] = field(default_factory=dict)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        """A boolean ``--opt KEY=on|off``."""
+        value = self.opts.get(key)
+        if value is None:
+            return default
+        if value.lower() in ("1", "on", "yes", "true"):
+            return True
+        if value.lower() in ("0", "off", "no", "false"):
+            return False
+        raise UsageError(f"--opt {key}={value}: expected on or off")
+
+
+class ServedDevice:
+    """A device and its runtime glue (rules 1–2); the default needs none."""
+
+    def __init__(self, function: PciFunction) -> None:
+        self.function = function
+        self._closers: list[Callable[[], None]] = []
+
+    def attach(self, loop: EventLoop) -> None:
+        """Register descriptors and timers on ``loop``."""
+
+    def before_message(self, loop: EventLoop) -> None:
+        """Runs before each proxy message (rule 2)."""
+
+    def after_message(self, loop: EventLoop) -> None:
+        """Runs after each proxy message (rule 2)."""
+
+    def close(self) -> None:
+        """Release backends."""
+        while self._closers:
+            self._closers.pop()()
+
+
+def open_net_backend(spec: str) -> Any:
+    """A network backend from ``socket:PATH``, ``socket-fd:N`` (inherited) or ``tap:NAME``.
+
+    Raises:
+        UsageError: an unknown spec.
+        HostError: the backend cannot be opened.
+    """
+    from ...backends.net import SocketBackend, TapBackend
+
+    kind, _, arg = spec.partition(":")
+    if kind == "socket" and arg:
+        return SocketBackend.connect(arg, "seqpacket")
+    if kind == "socket-fd" and arg.isdigit():
+        import socket
+
+        return SocketBackend(socket.socket(fileno=int(arg)))
+    if kind == "tap":
+        return TapBackend(arg)
+    raise UsageError(f"network backend {spec!r}: use socket:PATH, socket-fd:N or tap:NAME")
+
+
+class TimedNic(ServedDevice):
+    """Glue for a NIC model with ``receive_pending``/``rx_ready``/``tick``/``next_deadline``
+    (the e1000): watches the backend fd while the device can take frames (rule 3) and
+    keeps one timer armed at the device's next deadline."""
+
+    def __init__(self, function: Any, backend: Any) -> None:
+        super().__init__(function)
+        self.device = function
+        self.backend = backend
+        self._loop: EventLoop | None = None
+        self._watching = False
+        self._timer: Timer | None = None
+        self._deadline: int | None = None
+        if backend is not None:
+            self._closers.append(backend.close)
+
+    def attach(self, loop: EventLoop) -> None:
+        """Start watching the backend."""
+        self._loop = loop
+        self._update(loop)
+
+    def _fd(self) -> int | None:
+        return self.backend.fileno() if self.backend is not None else None
+
+    def _on_readable(self) -> None:
+        assert self._loop is not None
+        self.device.tick(self._loop.now_ns())
+        self.device.receive_pending(64)
+        self._update(self._loop)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self._deadline = None
+        self.device.tick(self._loop.now_ns())
+        self._update(self._loop)
+
+    def _update(self, loop: EventLoop) -> None:
+        fd = self._fd()
+        if fd is not None:
+            want = bool(self.device.rx_ready())
+            if want and not self._watching:
+                loop.add_reader(fd, self._on_readable)
+            elif not want and self._watching:
+                loop.remove_reader(fd)
+            self._watching = want
+        deadline = self.device.next_deadline()
+        if deadline != self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._deadline = deadline
+            if deadline is not None:
+                self._timer = loop.call_at(deadline, self._on_timer)
+
+    def before_message(self, loop: EventLoop) -> None:
+        """The device's clock follows the loop's."""
+        self.device.tick(loop.now_ns())
+
+    def after_message(self, loop: EventLoop) -> None:
+        """Resume receive and re-arm the timer."""
+        self._update(loop)
+
+    def close(self) -> None:
+        """Stop watching and close the backend."""
+        if self._loop is not None and self._watching:
+            fd = self._fd()
+            if fd is not None:
+                self._loop.remove_reader(fd)
+            self._watching = False
+        if self._timer is not None:
+            self._timer.cancel()
+        super().close()
+
+
+def _testdev(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
+    from ...testdev import PciTestDevice
+
+    return ServedDevice(PciTestDevice(memory))
+
+
+def _e1000(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
+    from ...e1000 import E1000
+
+    backend = open_net_backend(options.backends[0]) if options.backends else None
+    kwargs: dict[str, Any] = {"mitigation": options.flag("mitigation", True)}
+    if "mac" in options.opts:
+        kwargs["mac"] = bytes(int(part, 16) for part in options.opts["mac"].split(":"))
+    return TimedNic(E1000(memory, backend, **kwargs), backend)
+
+
+# name -> factory(memory, options): the devices the server can build (rule 4).
+DEVICES: dict[str, Callable[[GuestMemory, DeviceOptions], ServedDevice]] = {
+    "testdev": _testdev,
+    "e1000": _e1000,
+}
+
+
+def build_device(name: str, memory: GuestMemory, backends: Sequence[str] = (), opts: Sequence[str] = ()) -> ServedDevice:
+    """Build device ``name`` (rule 4).
+
+    Raises:
+        UsageError: unknown device or malformed option.
+    """
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; known: {', '.join(sorted(DEVICES))}")
+    parsed: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--opt {opt!r}: expected KEY=VALUE")
+        parsed[key] = value
+    for spec in backends:
+        if spec.startswith(("file:", "file-ro:", "iso:")):
+            path = spec.partition(":")[2]
+            if not os.path.exists(path):
+                raise UsageError(f"backend {spec!r}: {path} does not exist")
+    return DEVICES[name](memory, DeviceOptions(list(backends), parsed))
