@@ -1,0 +1,288 @@
+"""The AHCI host bus adapter: an ICH9-style PCI function (8086:2922) with up to six ports.
+
+Rules:
+
+1. ABAR is BAR5 (4 KiB, 32-bit memory): generic host control registers at 0x00-0xFF from
+   the ``_table`` below, port ``n`` at ``0x100 + 0x80 * n`` (AHCI 1.3.1 §3). Dispatch is one
+   table lookup; 64-bit accesses are split into two dword accesses, everything else that
+   matches no register goes to the register file's single "unimplemented" path.
+2. Interrupts (§10.6): IS.IPS[n] latches whenever port n has an enabled PxIS condition;
+   the INTx line is GHC.IE && IS != 0. With MSI (only when the constructor asks for it:
+   QEMU's mpqemu proxy cannot deliver MSI) one message is sent each time an IS bit becomes
+   set, so an event that arrives while the guest handles an earlier one is not lost.
+3. Sans-IO: backends are driven only through ``submit``/``completions``. The VMM calls
+   ``poll()`` when a backend signals completions (``BlockBackend.set_notify``); every MMIO
+   write also polls once, so synchronous backends finish inside the write.
+4. GHC.HR (§10.4.3) resets the HBA at once but reads 1 until every port's cancelled
+   backend requests have come back; only then does it clear and links come up again.
+5. Snapshots (``state``/``restore``) require a quiesced controller: no request in flight
+   (``busy`` is False); ``state()`` raises ``UsageError`` otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .._errors import UsageError
+from .._memory import GuestMemory
+from .._regs import Access, Reg, RegisterFile
+from .._trace import tracepoint
+from ..backends import BlockBackend
+from ..pci import PciFunction
+from . import regs as r
+from .atapi import AtapiCdrom
+from .command import Drive
+from .port import AhciPort
+from .state import AhciState, apply_state, capture_state, check_state
+
+__all__ = ["AhciController"]
+
+_tp_stray = tracepoint("ahci.stray_completion")
+_tp_reset = tracepoint("ahci.hba_reset")
+
+_POLL_ROUNDS = 64  # synchronous backends can chain requests; bound the rounds per call
+
+
+class AhciController(PciFunction):
+    """An AHCI 1.3 SATA controller.
+
+    Args:
+        memory: guest RAM the controller DMAs to and from.
+        ports: how many ports to implement (1..6).
+        msi: add a single-vector MSI capability (rule 2); INTx (INTA#) is always there.
+        name: for traces.
+
+    Raises:
+        UsageError: ``ports`` is out of range.
+    """
+
+    s64a = True  # CAP.S64A: command lists, FIS areas and PRDs may sit above 4 GiB
+    staggered_spin_up = True  # CAP.SSS: a link comes up when software sets PxCMD.SUD
+
+    def __init__(self, memory: GuestMemory, *, ports: int = r.MAX_PORTS, msi: bool = False, name: str = "ahci") -> None:
+        if not isinstance(ports, int) or not 1 <= ports <= r.MAX_PORTS:
+            raise UsageError(f"an ICH9 AHCI controller has 1..{r.MAX_PORTS} ports, got {ports!r}")
+        super().__init__(
+            r.AHCI_VENDOR_ID, r.AHCI_DEVICE_ID, r.AHCI_CLASS, revision=r.AHCI_REVISION, interrupt_pin=1, name=name
+        )
+        self.memory = memory
+        self.resetting = False
+        self._tags = itertools.count(1)
+        self._ie_was = False
+        self.cap = (
+            r.CAP_S64A | r.CAP_SNCQ | r.CAP_SSS | r.CAP_SAL | r.CAP_SCLO | r.SPEED_GEN2 << r.CAP_ISS_SHIFT
+            | r.CAP_SAM | (r.NUM_SLOTS - 1) << r.CAP_NCS_SHIFT | (ports - 1)
+        )
+        self.implemented = (1 << ports) - 1
+        self.registers = RegisterFile(self._table(), device="ahci")
+        self.ports = [AhciPort(self, i, memory) for i in range(ports)]
+        self.add_bar(r.AHCI_ABAR_INDEX, r.AHCI_ABAR_SIZE, self)
+        if msi:
+            self.add_msi(1, is_64bit=True, per_vector_mask=False)
+
+    def _table(self) -> list[Reg]:
+        ro = Access.RO
+        return [
+            Reg("CAP", r.CAP, access=ro, reset=self.cap),
+            # §3.1.2: with CAP.SAM set, GHC.AE is read-only 1
+            Reg("GHC", r.GHC, mask=r.GHC_IE | r.GHC_HR, reset=r.GHC_AE, on_read=self._read_ghc, on_write=self._write_ghc),
+            Reg("IS", r.IS, access=Access.W1C, mask=self.implemented),
+            Reg("PI", r.PI, access=ro, reset=self.implemented),
+            Reg("VS", r.VS, access=ro, reset=r.VS_1_3),
+            Reg("CCC_CTL", r.CCC_CTL, access=ro),  # CAP.CCCS = 0: no command completion coalescing
+            Reg("CCC_PORTS", r.CCC_PORTS, access=ro),
+            Reg("EM_LOC", r.EM_LOC, access=ro),  # CAP.EMS = 0: no enclosure management
+            Reg("EM_CTL", r.EM_CTL, access=ro),
+            Reg("CAP2", r.CAP2, access=ro),  # no BIOS handoff, no device sleep, no APST
+            Reg("BOHC", r.BOHC, access=ro),  # reserved while CAP2.BOH is 0 (§3.1.11)
+        ]
+
+    def _read_ghc(self, stored: int) -> int:
+        return stored | (r.GHC_HR if self.resetting else 0)
+
+    def _write_ghc(self, old: int, new: int) -> int:
+        if new & r.GHC_HR:
+            self._hba_reset()
+            return r.GHC_AE  # the reset clears GHC.IE too
+        return new
+
+    # -- BAR5 (BusDevice) -----------------------------------------------------------------
+
+    @property
+    def dma_allowed(self) -> bool:
+        """PCI Command.MASTER."""
+        return bool(super().dma_allowed)
+
+    def read(self, offset: int, size: int) -> int:
+        """A guest read of ABAR (rule 1)."""
+        if size == 8:
+            return self.read(offset, 4) | self.read(offset + 4, 4) << 32
+        port = self._port_at(offset)
+        if port is not None:
+            return port.read(offset & (r.PORT_STRIDE - 1), size)
+        return self.registers.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A guest write of ABAR (rule 1), then a poll (rule 3) and an interrupt update."""
+        if size == 8:
+            self.write(offset, 4, value & 0xFFFF_FFFF)
+            self.write(offset + 4, 4, value >> 32)
+            return
+        port = self._port_at(offset)
+        if port is not None:
+            port.write(offset & (r.PORT_STRIDE - 1), size, value)
+        else:
+            self.registers.write(offset, size, value)
+        self.poll()
+
+    def _port_at(self, offset: int) -> AhciPort | None:
+        if offset < r.PORT_BASE:
+            return None
+        index = (offset - r.PORT_BASE) // r.PORT_STRIDE
+        return self.ports[index] if index < len(self.ports) else None
+
+    # -- interrupts (rule 2) --------------------------------------------------------------
+
+    def update_irq(self) -> None:
+        """Latch IS from the ports and drive INTx or send MSI."""
+        pending = 0
+        for port in self.ports:
+            if port.interrupt_pending:
+                pending |= 1 << port.index
+        before = self.registers["IS"]
+        status = before | pending
+        self.registers["IS"] = status
+        enabled = bool(self.registers["GHC"] & r.GHC_IE)
+        rising = enabled and not self._ie_was
+        self._ie_was = enabled
+        if self.msi_enabled:
+            self.set_intx(False)
+            if enabled and (status & ~before or rising and status):
+                self.signal(0)
+            return
+        self.set_intx(enabled and bool(status))
+
+    # -- HBA reset (rule 4) ---------------------------------------------------------------
+
+    def _hba_reset(self) -> None:
+        if _tp_reset.on:
+            _tp_reset.emit(busy=self.busy)
+        self.registers["IS"] = 0
+        self.resetting = True
+        for port in self.ports:
+            port.hba_reset()
+        self._finish_reset_if_idle()
+
+    def _finish_reset_if_idle(self) -> None:
+        if self.resetting and not self.busy:
+            self.resetting = False
+            for port in self.ports:
+                port.after_hba_reset()
+
+    def new_tag(self) -> int:
+        """A backend request tag unique within this controller."""
+        return next(self._tags)
+
+    # -- host side ------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Some port has backend requests in flight."""
+        return any(port.busy for port in self.ports)
+
+    def attach(self, port: int, drive: Drive | None) -> None:
+        """Connect ``drive`` (an ``AtaDisk`` or ``AtapiCdrom``) to ``port``, or disconnect it.
+
+        Raises:
+            UsageError: no such port, or the port has requests in flight.
+        """
+        target = self._host_port(port)
+        target.attach(drive)
+        self.update_irq()
+
+    def change_medium(self, port: int, medium: BlockBackend | None) -> None:
+        """Insert ``medium`` into (or, with None, remove it from) the CD drive on ``port``.
+
+        Raises:
+            UsageError: no such port, no ATAPI drive there, or requests in flight.
+        """
+        drive = self._host_port(port).drive
+        if not isinstance(drive, AtapiCdrom):
+            raise UsageError(f"port {port} has no ATAPI drive")
+        if medium is None:
+            drive.remove()
+        else:
+            drive.insert(medium)
+
+    def _host_port(self, port: int) -> AhciPort:
+        if not isinstance(port, int) or not 0 <= port < len(self.ports):
+            raise UsageError(f"port must be 0..{len(self.ports) - 1}, got {port!r}")
+        target = self.ports[port]
+        if target.busy:
+            raise UsageError(f"port {port} has requests in flight; poll() until it is idle")
+        return target
+
+    def poll(self) -> int:
+        """Collect backend completions and finish commands (rule 3); return how many.
+
+        Work is bounded: at most ``_POLL_ROUNDS`` rounds of ``completions()`` per backend.
+        """
+        handled = 0
+        for _ in range(_POLL_ROUNDS):
+            backends: dict[int, BlockBackend] = {}
+            for port in self.ports:
+                for backend in port.backends():
+                    backends[id(backend)] = backend
+            if not backends:
+                break
+            progress = 0
+            for backend in backends.values():
+                for completion in backend.completions():
+                    progress += 1
+                    if not any(port.complete(completion) for port in self.ports):
+                        if _tp_stray.on:
+                            _tp_stray.emit(tag=completion.tag)
+            handled += progress
+            if not progress:
+                break
+        self._finish_reset_if_idle()
+        self.update_irq()
+        return handled
+
+    def reset(self) -> None:
+        """Power-on reset of the function (PCI config and HBA), keeping attached drives.
+
+        Requests in flight are cancelled; as with GHC.HR, GHC.HR reads 1 until the backend
+        has returned them (rule 4), so it is safe at any time (mpqemu DEVICE_RESET).
+        """
+        self.reset_function()
+        self.registers.reset()
+        self._hba_reset()
+        self._ie_was = False
+        self.update_irq()
+
+    # -- snapshots (rule 5) ---------------------------------------------------------------
+
+    def state(self) -> AhciState:
+        """Snapshot the controller.
+
+        Raises:
+            UsageError: backend requests are in flight (the quiesce point of rule 5).
+        """
+        if self.busy or self.resetting:
+            raise UsageError("state() needs a quiesced controller; poll() until busy is False")
+        return capture_state(self)
+
+    def restore(self, state: AhciState) -> None:
+        """Validate ``state`` completely, then apply it.
+
+        Raises:
+            SnapshotError: a field is inconsistent with this controller; nothing changed.
+            UsageError: the controller has requests in flight.
+        """
+        if self.busy:
+            raise UsageError("restore() needs a quiesced controller")
+        check_state(self, state)
+        apply_state(self, state)
+        self._ie_was = bool(self.registers["GHC"] & r.GHC_IE)
+        self.update_irq()
