@@ -224,7 +224,11 @@ class Drive(Protocol):
         backend: where the drive's ``Pending`` requests go (None: an empty CD drive).
     """
 
-    backend: BlockBackend | None
+    @property
+    def backend(self) -> BlockBackend | None:
+        """Where the drive's requests go (read-only in the protocol so that a disk, whose
+        backend is never None, satisfies it)."""
+        ...
 
     @property
     def signature(self) -> tuple[int, int, int, int]:

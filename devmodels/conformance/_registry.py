@@ -17,7 +17,10 @@ __all__ = ["PROVIDERS", "load_cases", "BrokenProvider"]
 
 PROVIDERS: list[str] = [
     "devmodels.conformance.cases.testdev:cases",
+    "devmodels.conformance.cases.vhost_user:cases",
     "devmodels.conformance.cases.e1000:cases",
+    "devmodels.conformance.cases.ahci:cases",
+    "devmodels.conformance.cases.e1000_tap:cases",
 ]
 
 

@@ -176,7 +176,7 @@ class VhostUserNetCase:
         return Attachment(
             qemu_args=["-chardev", f"socket,id=vunet,path={socket_path}",
                        "-netdev", "vhost-user,id=n0,chardev=vunet",
-                       "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56{options}"],
+                       "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,vectors=0{options}"],
             shared_memory=True,
         )
 

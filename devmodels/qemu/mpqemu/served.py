@@ -28,7 +28,7 @@ from ..._errors import UsageError
 from ..._memory import GuestMemory
 from ...pci import PciFunction
 
-__all__ = ["DeviceOptions", "ServedDevice", "TimedNic", "DEVICES", "build_device", "open_net_backend"]
+__all__ = ["DeviceOptions", "ServedDevice", "TimedNic", "PolledBlockDevice", "DEVICES", "build_device", "open_net_backend"]
 
 
 @dataclass
@@ -168,6 +168,46 @@ class TimedNic(ServedDevice):
         super().close()
 
 
+class PolledBlockDevice(ServedDevice):
+    """Glue for a storage controller with ``poll()`` (AHCI): block backends complete on
+    worker threads and wake the loop through an eventfd; the loop then lets the device
+    collect the completions on its own thread of control."""
+
+    def __init__(self, function: Any, backends: Sequence[Any]) -> None:
+        super().__init__(function)
+        self.device = function
+        self.backends = list(backends)
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._loop: EventLoop | None = None
+        for backend in self.backends:
+            backend.set_notify(self._notify)
+            self._closers.append(backend.close)
+
+    def _notify(self) -> None:  # worker thread: only wake the loop
+        os.eventfd_write(self._wake, 1)
+
+    def _on_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        self.device.poll()
+
+    def attach(self, loop: EventLoop) -> None:
+        """Watch the completion eventfd."""
+        self._loop = loop
+        loop.add_reader(self._wake, self._on_wake)
+
+    def close(self) -> None:
+        """Drain and close the backends, then the eventfd."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._wake)
+        for backend in self.backends:
+            backend.set_notify(None)
+        super().close()
+        os.close(self._wake)
+
+
 def _testdev(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
     from ...testdev import PciTestDevice
 
@@ -184,10 +224,35 @@ def _e1000(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
     return TimedNic(E1000(memory, backend, **kwargs), backend)
 
 
+def _ahci(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
+    from ...ahci import AhciController, AtaDisk, AtapiCdrom
+    from ...backends.block import RawFileBackend
+
+    ports = int(options.opts.get("ports", max(1, len(options.backends))))
+    controller = AhciController(memory, ports=ports)
+    backends = []
+    for port, spec in enumerate(options.backends):
+        kind, _, path = spec.partition(":")
+        if kind == "file":
+            backend = RawFileBackend(path)
+            controller.attach(port, AtaDisk(backend))
+        elif kind == "file-ro":
+            backend = RawFileBackend(path, readonly=True)
+            controller.attach(port, AtaDisk(backend))
+        elif kind == "iso":
+            backend = RawFileBackend(path, readonly=True)
+            controller.attach(port, AtapiCdrom(backend))
+        else:
+            raise UsageError(f"AHCI backend {spec!r}: use file:PATH, file-ro:PATH or iso:PATH")
+        backends.append(backend)
+    return PolledBlockDevice(controller, backends)
+
+
 # name -> factory(memory, options): the devices the server can build (rule 4).
 DEVICES: dict[str, Callable[[GuestMemory, DeviceOptions], ServedDevice]] = {
     "testdev": _testdev,
     "e1000": _e1000,
+    "ahci": _ahci,
 }
 
 
