@@ -1,0 +1,1 @@
+_ring_py.py
