@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "rings": ("bench.rings", "main", "virtqueue pop+push per chain, split and packed: Cython vs pure Python"),
     "vhost-user-blk": ("bench.vhost_user_blk", "main", "fio in a TCG guest: devmodels vhost-user-blk vs qemu-storage-daemon"),
     "e1000": ("bench.e1000", "main", "echo rate and TCP throughput over TAP: devmodels e1000 (proxy) vs QEMU's e1000"),
+    "ahci": ("bench.ahci", "main", "fio in a TCG guest: devmodels AHCI (proxy) vs QEMU's built-in AHCI"),
 }
 
 

@@ -16,6 +16,11 @@ Rules:
 3. Transmission starts when the driver writes TDT or sets TCTL.EN; reception happens when
    the VMM hands in a frame. With MAC loopback (RCTL.LBM = 01) or PHY loopback (BMCR bit
    14) transmitted frames come back to the receiver instead of the backend.
+   With ``defer_work=True`` those writes (and RDT/RCTL.EN, which pull waiting frames) only
+   note the ring work; it runs in ``run_deferred()``, which the VMM calls once the guest's
+   access has completed, as a posted PCI write lets the CPU go on while the NIC fetches
+   descriptors. Every later BAR access, ``state()`` and reset runs or drops pending work
+   first, so the order of effects the driver can observe is unchanged.
 4. DMA happens only while PCI Command.MASTER is set.
 5. Guest errors never escape an entry point (see ``errors.py``); ``UsageError`` is raised
    only for bad constructor arguments or snapshots.
@@ -55,17 +60,23 @@ _PMCSR_WRITABLE = 0b0000_0000_0000_0011  # PowerState
 
 
 class _Bar0:
-    """BAR0: the register file, with 8-byte accesses split into two dwords."""
+    """BAR0: the register file, with 8-byte accesses split into two dwords; deferred ring
+    work runs before any access (rule 3)."""
 
-    def __init__(self, registers: RegisterFile) -> None:
-        self._registers = registers
+    def __init__(self, device: E1000) -> None:
+        self._device = device
+        self._registers = device.registers
 
     def read(self, offset: int, size: int) -> int:
+        if self._device.work_due:
+            self._device.run_deferred()
         if size == 8:
             return self._registers.read(offset, 4) | self._registers.read(offset + 4, 4) << 32
         return self._registers.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        if self._device.work_due:
+            self._device.run_deferred()
         if size == 8:
             self._registers.write(offset, 4, value & 0xFFFF_FFFF)
             self._registers.write(offset + 4, 4, value >> 32)
@@ -81,6 +92,8 @@ class _IoWindow:
 
     def read(self, offset: int, size: int) -> int:
         device = self._device
+        if device.work_due:
+            device.run_deferred()
         if size != 4:
             return 0
         if offset == r.IOADDR:
@@ -91,6 +104,8 @@ class _IoWindow:
 
     def write(self, offset: int, size: int, value: int) -> None:
         device = self._device
+        if device.work_due:
+            device.run_deferred()
         if size != 4:
             return
         if offset == r.IOADDR:
@@ -113,6 +128,8 @@ class E1000(PciFunction):
         mitigation: honour ITR and the RDTR/RADV/TIDV/TADV timers; the VMM must then call
             ``tick`` by ``next_deadline()``. ``False`` raises every interrupt at once.
         link: whether the cable is connected at power-on.
+        defer_work: leave the ring work register writes start to ``run_deferred()``
+            (rule 3); the VMM must call it after completing each guest access.
         name: for traces.
 
     Raises:
@@ -130,6 +147,7 @@ class E1000(PciFunction):
         msi: bool = False,
         mitigation: bool = True,
         link: bool = True,
+        defer_work: bool = False,
         name: str = "e1000",
     ) -> None:
         if revision not in (0, 3):
@@ -145,6 +163,10 @@ class E1000(PciFunction):
         )
         self.memory = memory
         self.backend = backend
+        self.defer_work = bool(defer_work)
+        self.work_due = False  # some deferred ring work is pending (rule 3)
+        self._tx_due = False
+        self._pull_due = False
         words = (
             list(eeprom)
             if eeprom is not None
@@ -165,7 +187,7 @@ class E1000(PciFunction):
         self.stats = Stats(self.registers)
         self.tx = TxEngine(self.registers, memory, self.irq, self.stats, self._emit, lambda: self.dma_allowed)
         self.rx = RxEngine(self.registers, memory, self.irq, self.stats, lambda: self.dma_allowed)
-        self.add_bar(0, r.BAR0_SIZE, _Bar0(self.registers))
+        self.add_bar(0, r.BAR0_SIZE, _Bar0(self))
         self.add_bar(1, r.BAR1_SIZE, _IoWindow(self), BarKind.IO)
         pm = self.caps.add(PCI_CAP_ID_PM, 8, offset=r.PM_CAP_OFFSET)
         self.config.set(pm + 2, 2, _PMC)
@@ -294,24 +316,50 @@ class E1000(PciFunction):
         self.registers["RCTL"] = new
         if new & r.RCTL_EN and not old & r.RCTL_EN:
             self._rx_waiting = True
-            self._pull()
+            self._start_pull()
         return new
 
     def _write_tctl(self, old: int, new: int) -> int:
         self.registers["TCTL"] = new
         if new & r.TCTL_EN:
-            self.tx.process()
+            self._start_tx()
         return new
 
     def _write_tdt(self, old: int, new: int) -> int:
         self.registers["TDT"] = new
-        self.tx.process()
+        self._start_tx()
         return new
 
     def _write_rdt(self, old: int, new: int) -> int:
         self.registers["RDT"] = new
-        self._pull()
+        self._start_pull()
         return new
+
+    def _start_tx(self) -> None:
+        if self.defer_work:
+            self._tx_due = self.work_due = True
+        else:
+            self.tx.process()
+
+    def _start_pull(self) -> None:
+        if self.defer_work:
+            self._pull_due = self.work_due = True
+        else:
+            self._pull()
+
+    def run_deferred(self) -> bool:
+        """Run the ring work register writes left pending (rule 3): transmit, then take
+        waiting frames. Returns whether there was any; cheap when there is none."""
+        if not self.work_due:
+            return False
+        self.work_due = False
+        if self._tx_due:
+            self._tx_due = False
+            self.tx.process()
+        if self._pull_due:
+            self._pull_due = False
+            self._pull()
+        return True
 
     def _write_rdtr(self, old: int, new: int) -> int:
         if new & r.RDTR_FPD:
@@ -327,6 +375,7 @@ class E1000(PciFunction):
         self.tx.reset()
         self.eeprom_port.reset()
         self.eeprom.write_enabled = False
+        self.work_due = self._tx_due = self._pull_due = False  # the rings are gone
         mac = self.eeprom.mac
         self.registers["RAL[0]"] = int.from_bytes(mac[:4], "little")
         self.registers["RAH[0]"] = int.from_bytes(mac[4:], "little") | r.RAH_AV
@@ -426,7 +475,8 @@ class E1000(PciFunction):
     # -- snapshot ------------------------------------------------------------------------
 
     def state(self) -> E1000State:
-        """The device's state as plain data."""
+        """The device's state as plain data (pending deferred work runs first, rule 3)."""
+        self.run_deferred()
         regs, cable, latched, an = self.phy.snapshot()
         now, asserted, last, deadlines = self.irq.snapshot()
         return E1000State(
@@ -466,6 +516,7 @@ class E1000(PciFunction):
         self.eeprom_port.load(state.eeprom_port)
         self.phy.load(state.phy_regs, state.phy_cable, state.phy_link_latched_low, state.phy_an_complete)
         self._link_reported = state.link_reported
+        self.work_due = self._tx_due = self._pull_due = False  # a snapshot never holds any
         self.irq.load(state.irq_now, state.irq_asserted, state.irq_last_assert, state.irq_deadlines)
         self.tx.ctx_normal = _context_from(state.tx_context_normal)
         self.tx.ctx_tso = _context_from(state.tx_context_tso)

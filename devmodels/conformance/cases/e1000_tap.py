@@ -102,7 +102,8 @@ def sink_main(argv: Sequence[str]) -> int:
     ``--listen HOST --sink-port P`` hashes each connection's data; ``--source-port Q
     --source-bytes N --seed S`` sends ``source_bytes(N, S)`` to each connection and closes.
     Prints one JSON object per line, flushed: ``{"event": "ready"}``, then per connection
-    ``{"event": "received", "bytes", "sha256", "accept_ns", "first_ns", "eof_ns"}`` or
+    ``{"event": "received", "seq", "bytes", "sha256", "accept_ns", "first_ns", "eof_ns"}`` (``seq``
+    counts accepted connections from 0; they may finish out of order) or
     ``{"event": "sent", "bytes", "sha256"}`` (times are ``time.monotonic_ns``).
     """
     parser = argparse.ArgumentParser(prog="e1000_tap sink")
@@ -134,6 +135,7 @@ def sink_main(argv: Sequence[str]) -> int:
         listen(args.source_port, "source-listen")
     emit(event="ready")
     deadline = time.monotonic() + args.lifetime
+    accepted = itertools.count()
     while time.monotonic() < deadline:
         for key, _ in selector.select(timeout=1.0):
             sock: socket.socket = key.fileobj  # type: ignore[assignment]
@@ -145,7 +147,8 @@ def sink_main(argv: Sequence[str]) -> int:
                     continue
                 conn.setblocking(False)
                 if kind == "sink-listen":
-                    state = {"hash": hashlib.sha256(), "bytes": 0, "accept_ns": time.monotonic_ns(), "first_ns": 0}
+                    state = {"hash": hashlib.sha256(), "bytes": 0, "accept_ns": time.monotonic_ns(), "first_ns": 0,
+                             "seq": next(accepted)}
                     selector.register(conn, selectors.EVENT_READ, ("sink", state))
                 else:
                     selector.register(conn, selectors.EVENT_WRITE, ("source", {"sent": 0}))
@@ -164,7 +167,7 @@ def sink_main(argv: Sequence[str]) -> int:
                     continue
                 selector.unregister(sock)
                 sock.close()
-                emit(event="received", bytes=state["bytes"], sha256=state["hash"].hexdigest(),
+                emit(event="received", seq=state["seq"], bytes=state["bytes"], sha256=state["hash"].hexdigest(),
                      accept_ns=state["accept_ns"], first_ns=state["first_ns"], eof_ns=time.monotonic_ns())
             else:
                 try:
@@ -272,6 +275,7 @@ class TcpSink:
         self._events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
+        self._listening = False
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> TcpSink:
@@ -291,11 +295,11 @@ class TcpSink:
         assert self._proc.stdout is not None  # PIPE was asked for
         self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), name="tcp-sink", daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout):
+        self._ready.wait(timeout)
+        if not self._listening:
             self.close()
-            raise HostError(f"the TCP sink did not start listening within {timeout:.0f} s")
-        if self._proc.poll() is not None:
-            raise HostError(f"the TCP sink exited with {self._proc.returncode}")
+            raise HostError(f"the TCP sink exited or did not listen within {timeout:.0f} s (exit status "
+                            f"{self._proc.returncode})")
         return self
 
     def _read(self, stream: IO[bytes]) -> None:
@@ -305,6 +309,7 @@ class TcpSink:
             except ValueError:
                 continue
             if event.get("event") == "ready":
+                self._listening = True
                 self._ready.set()
                 continue
             with self._lock:
@@ -317,9 +322,10 @@ class TcpSink:
         return self._proc.pid if self._proc is not None else None
 
     def received(self) -> list[dict[str, Any]]:
-        """The sink port's finished connections, in order."""
+        """The sink port's finished connections, in the order they were accepted."""
         with self._lock:
-            return [e for e in self._events if e.get("event") == "received"]
+            done = [e for e in self._events if e.get("event") == "received"]
+        return sorted(done, key=lambda e: e["seq"])
 
     def sent(self) -> list[dict[str, Any]]:
         """The source port's finished connections, in order."""

@@ -1,0 +1,129 @@
+"""``defer_work=True``: TDT/RDT/TCTL/RCTL writes leave their ring work to ``run_deferred()``
+(device.py rule 3), and nothing the driver can observe changes order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devmodels import Machine
+from devmodels.backends.net import LoopbackBackend
+from devmodels.e1000 import E1000
+from devmodels.e1000 import regs as r
+from devmodels.e1000.testing import E1000Driver
+
+from .conftest import Rig
+
+PEER = bytes.fromhex("020000000001")
+
+
+class DeferredRig(Rig):
+    """``Rig`` with a device built with ``defer_work=True``."""
+
+    def __init__(self) -> None:
+        self.machine = Machine(ram_size=16 << 20, ram_backing="bytearray")
+        self.host, self.wire = LoopbackBackend.pair(capacity=4096)
+        self.device = E1000(self.machine.memory, self.wire, defer_work=True)
+        self.machine.add_pci(self.device)
+        self.driver = E1000Driver(self.machine, self.device)
+
+
+@pytest.fixture
+def deferred() -> Iterator[DeferredRig]:
+    rig = DeferredRig()
+    rig.up()
+    yield rig
+    rig.close()
+
+
+def _frame(n: int, size: int = 100) -> bytes:
+    return PEER + bytes.fromhex("525400123456") + b"\x08\x00" + bytes([n & 0xFF]) * (size - 14)
+
+
+def test_tdt_write_only_notes_the_work(deferred: DeferredRig) -> None:
+    dev = deferred.device
+    dev.run_deferred()
+    deferred.sent()
+    deferred.driver.xmit(_frame(1))
+    assert dev.work_due
+    assert deferred.sent() == []  # answered before the ring was walked
+    assert dev.run_deferred() is True
+    assert deferred.sent() == [_frame(1)]
+    assert dev.run_deferred() is False and not dev.work_due
+
+
+def test_next_bar_access_runs_pending_work_first(deferred: DeferredRig) -> None:
+    drv = deferred.driver
+    drv.xmit(_frame(2))
+    assert drv.er32(r.TDH) == drv.tx_next  # the read saw the ring already walked
+    assert deferred.sent()[-1] == _frame(2)
+
+
+def test_io_window_access_runs_pending_work_first(deferred: DeferredRig) -> None:
+    drv = deferred.driver
+    drv.xmit(_frame(3))
+    deferred.machine.pio.write(drv.io + r.IOADDR, 4, r.TDH)
+    assert deferred.machine.pio.read(drv.io + r.IODATA, 4) == drv.tx_next
+
+
+def test_rdt_write_pulls_waiting_frames_only_when_run(deferred: DeferredRig) -> None:
+    dev, drv = deferred.device, deferred.driver
+    ring = dev.rx.free_descriptors()
+    for n in range(ring + 4):  # more than the ring holds: the rest wait in the backend
+        deferred.host.send(bytes.fromhex("525400123456") + PEER + b"\x08\x00" + bytes([n]) * 46)
+    dev.receive_pending(ring + 4)
+    assert len(drv.clean_rx()) == ring  # the driver refills, writing RDT
+    assert dev.work_due
+    assert dev.rx.free_descriptors() == ring  # nothing pulled yet
+    dev.run_deferred()
+    assert dev.rx.free_descriptors() == ring - 4
+    assert len(drv.clean_rx()) == 4
+
+
+def test_state_runs_pending_work_and_reset_drops_it(deferred: DeferredRig) -> None:
+    dev, drv = deferred.device, deferred.driver
+    drv.xmit(_frame(4))
+    dev.state()
+    assert not dev.work_due and deferred.sent()[-1] == _frame(4)
+    drv.xmit(_frame(5))
+    dev.reset()
+    assert not dev.work_due and dev.run_deferred() is False
+    assert _frame(5) not in deferred.sent()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(60, 3000), st.booleans()), min_size=1, max_size=12))
+def test_same_wire_and_counters_as_immediate_mode(packets: list[tuple[int, bool]]) -> None:
+    results = []
+    for defer in (False, True):
+        rig = DeferredRig() if defer else Rig()
+        try:
+            drv = rig.up()
+            for n, (size, tso) in enumerate(packets):
+                frame = _tcp_frame(n, size)
+                if tso and size > 1514:
+                    drv.xmit(frame, tso_mss=1000)
+                else:
+                    drv.xmit(frame[:1514], csum_start=34, csum_offset=16)
+                drv.poll()
+                drv.clean_tx()
+            rig.device.run_deferred()
+            results.append((rig.sent(), drv.er32(r.STATS_32["GPTC"]), drv.er32(r.TDH)))
+        finally:
+            rig.close()
+    assert results[0] == results[1]
+
+
+def _tcp_frame(n: int, size: int) -> bytes:
+    """An IPv4/TCP frame of ``size`` bytes (pseudo-header sum in the checksum field)."""
+    ip_len = size - 14
+    ip = bytearray(20)
+    ip[0], ip[2:4], ip[8], ip[9] = 0x45, ip_len.to_bytes(2, "big"), 64, 6
+    ip[12:16], ip[16:20] = bytes([10, 0, 3, 2]), bytes([10, 0, 3, 1])
+    tcp = bytearray(20)
+    tcp[0:2], tcp[2:4], tcp[4:8], tcp[12], tcp[13] = b"\x13\x88", b"\x13\x89", n.to_bytes(4, "big"), 0x50, 0x18
+    payload = bytes((n + i) & 0xFF for i in range(size - 54))
+    return PEER + bytes.fromhex("525400123456") + b"\x08\x00" + bytes(ip) + bytes(tcp) + payload
