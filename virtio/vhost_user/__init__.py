@@ -1,0 +1,77 @@
+"""vhost-user back-end (QEMU ``docs/interop/vhost-user.rst``) for any devmodels virtio device.
+
+- ``VhostUserServer``: UNIX socket server and event loop (kick/call eventfds, one
+  front-end at a time, survives front-ends going away).
+- ``VhostUserSession``: the protocol state machine of one connection, driving a
+  ``VirtioDevice`` (features, memory table, vrings, config space).
+- ``MessageReader`` / ``encode*`` / ``decode*``: message framing and payloads (sans-IO).
+- ``MemoryTable``: the front-end's memfd regions mapped into the device's ``GuestMemory``,
+  with user-address translation for ring addresses.
+- ``glue``: device wake-ups (block completions, network receive).
+- ``testing``: a fake front-end (``FakeFrontEnd``) over shared memfd RAM.
+- ``defs``: protocol constants; ``cli``: ``devmodels vhost-user blk|net``.
+"""
+
+from . import defs
+from .backend import SessionTransport, VhostUserServer
+from .glue import BlockGlue, DeviceGlue, NetGlue, NullGlue, glue_for
+from .memory import MappedRegion, MemoryTable, MemoryTableError
+from .messages import (
+    ConfigAccess,
+    Message,
+    MessageReader,
+    ProtocolError,
+    Region,
+    VringAddr,
+    decode_config,
+    decode_mem_reg,
+    decode_memory,
+    decode_u64,
+    decode_vring_addr,
+    decode_vring_state,
+    encode,
+    encode_config,
+    encode_mem_reg,
+    encode_memory,
+    encode_u64,
+    encode_vring_addr,
+    encode_vring_state,
+)
+from .session import PROTOCOL_FEATURES, UNSUPPORTED_TRANSPORT_FEATURES, VhostUserSession, VringState
+
+__all__ = [
+    "defs",
+    "VhostUserServer",
+    "SessionTransport",
+    "VhostUserSession",
+    "VringState",
+    "PROTOCOL_FEATURES",
+    "UNSUPPORTED_TRANSPORT_FEATURES",
+    "DeviceGlue",
+    "BlockGlue",
+    "NetGlue",
+    "NullGlue",
+    "glue_for",
+    "MemoryTable",
+    "MemoryTableError",
+    "MappedRegion",
+    "Message",
+    "MessageReader",
+    "ProtocolError",
+    "Region",
+    "VringAddr",
+    "ConfigAccess",
+    "encode",
+    "encode_u64",
+    "encode_vring_state",
+    "encode_vring_addr",
+    "encode_config",
+    "encode_memory",
+    "encode_mem_reg",
+    "decode_u64",
+    "decode_vring_state",
+    "decode_vring_addr",
+    "decode_memory",
+    "decode_mem_reg",
+    "decode_config",
+]
