@@ -1,28 +1,28 @@
-"""``python -m fuzz``: list targets, run one, replay a reproducer, or smoke-test them all."""
+"""``python -m fuzz``: list targets, run one, replay a reproducer, smoke-test them all, or
+rewrite the committed seed corpora (``seeds``: each target's ``seeds()``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 from pathlib import Path
 
-from ._runner import TARGETS, corpus_dir, load_target, repro, run
-from ._execute import execute
-from ._ops import decode
+from ._runner import TARGETS, corpus_dir, load_executor, quiet_logs, repro, run
 from ._rig import Finding
 
 
 def _smoke(names: list[str], seconds: float) -> int:
     """Replay every seed, then fuzz briefly with the built-in engine (CI's smoke pass)."""
     failed = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_logs():
         for name in names:
-            factory = load_target(name)
+            executor = load_executor(name)
             seeds = sorted(corpus_dir(name).glob("*"))
             for seed in seeds:
                 try:
-                    execute(factory, decode(seed.read_bytes()), check_memory=True)
+                    executor(seed.read_bytes(), check_memory=True)
                 except Finding as finding:
                     print(f"{name}: seed {seed.name}: {finding}", file=sys.stderr)
                     failed += 1
@@ -32,6 +32,23 @@ def _smoke(names: list[str], seconds: float) -> int:
                 print(f"{name}: FINDING {kind}: {Path(path).read_bytes().hex()}", file=sys.stderr)
                 failed += 1
     return 1 if failed else 0
+
+
+def _seeds(names: list[str]) -> int:
+    """Write each target's ``seeds()`` into its corpus directory (other files are kept)."""
+    for name in names:
+        module = importlib.import_module(TARGETS[name])
+        make = getattr(module, "seeds", None)
+        if make is None:
+            print(f"{name}: no seeds() (hand-written corpus kept)")
+            continue
+        directory = corpus_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        made = make()
+        for seed_name, data in made.items():
+            (directory / seed_name).write_bytes(data)
+        print(f"{name}: {len(made)} seeds written to {directory}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p_smoke = sub.add_parser("smoke", help="replay seeds and fuzz each target briefly")
     p_smoke.add_argument("--time", type=float, default=3)
     p_smoke.add_argument("targets", nargs="*")
+    p_seeds = sub.add_parser("seeds", help="rewrite the committed seed corpora from the targets' seed scripts")
+    p_seeds.add_argument("targets", nargs="*")
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(sorted(TARGETS)))
@@ -60,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if stats.findings else 0
     if args.command == "repro":
         return 1 if repro(args.file, args.target) else 0
+    if args.command == "seeds":
+        return _seeds(args.targets or sorted(TARGETS))
     return _smoke(args.targets or sorted(TARGETS), args.time)
 
 

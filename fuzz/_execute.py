@@ -4,12 +4,20 @@ Oracles (each raises ``Finding``):
 
 1. ``exception``: anything escapes a device entry point. Guest errors must have become
    architected behaviour inside the device; no exception type is allowed out.
-2. ``hang``: one op takes longer than ``op_seconds`` of wall time (SIGALRM; main thread).
+2. ``hang``: one op takes more than ``op_seconds`` of CPU time (SIGPROF), or blocks for
+   more than ``WALL_FACTOR`` times that in wall time (SIGALRM); main thread only. CPU time,
+   because the campaign machine is shared and wall time under load is not the device's.
 3. ``memory``: the Python heap grew by more than ``memory_limit`` bytes over the program
    (sampled with tracemalloc when ``check_memory``).
 4. ``reset``: after the program, a reset does not return the device to working order
    (``Rig.health_check``).
 5. ``snapshot``: a snapshot round trip changes the state (``Rig.snapshot_roundtrip``).
+6. Target-specific oracles raise ``Finding`` from inside an op: ``differential`` (the Cython
+   and pure-Python rings disagree), ``protocol`` (a reply a correct server never sends),
+   ``fd-leak`` (descriptors left open after a byte-stream target closed).
+
+``Guard`` packages oracles 1–3 for targets that are not op streams (``mpqemu``,
+``vfio_user``); they define ``execute_input`` instead of ``build`` (see ``_runner``).
 
 DMA outside guest RAM cannot happen silently: ``GuestMemory`` holds only RAM and raises
 ``GuestMemoryError`` for anything else, which oracle 1 reports if a device lets it escape.
@@ -24,13 +32,19 @@ import tracemalloc
 import traceback
 from collections.abc import Callable
 from types import FrameType
+from typing import Any, TypeVar
 
 from devmodels import GuestMemory
 
 from ._ops import SIZES, Op, OpKind, Program, decode
 from ._rig import Finding, Rig
 
-__all__ = ["execute", "run_input", "fill_ram_pattern", "Finding"]
+__all__ = ["execute", "run_input", "fill_ram_pattern", "Finding", "Guard"]
+
+T = TypeVar("T")
+
+
+WALL_FACTOR = 10
 
 
 class _Timeout(BaseException):
@@ -40,13 +54,23 @@ class _Timeout(BaseException):
 def fill_ram_pattern(memory: GuestMemory, seed: int) -> None:
     """Fill RAM with a repeating page of plausible values (``_ops`` rule 2)."""
     ram = memory.regions[0]
+    memory.write(ram.base, _pattern_image(seed, ram.size))
+
+
+@functools.lru_cache(maxsize=32)
+def _pattern_image(seed: int, size: int) -> bytes:
+    """The RAM image of ``seed``: one pattern page repeated, one byte flipped per page.
+
+    Cached: the same seeds recur across a campaign and building the image dominated the
+    cost of a short input.
+    """
     state = seed or 0x9E3779B9
     words = []
     for _ in range(512):  # one 4 KiB page of u64
         state = (state * 6364136223846793005 + 1442695040888963407) & 0xFFFF_FFFF_FFFF_FFFF
         choice = (state >> 60) & 0x7
         if choice < 3:  # an address inside RAM, 16-byte aligned
-            value = (state >> 8) % ram.size & ~0xF
+            value = (state >> 8) % size & ~0xF
         elif choice < 5:  # a small length/flags word pair
             value = ((state >> 16) & 0x3FFF) | (((state >> 40) & 0xFF) << 32)
         elif choice == 5:
@@ -55,10 +79,10 @@ def fill_ram_pattern(memory: GuestMemory, seed: int) -> None:
             value = state
         words.append(value)
     page = b"".join(w.to_bytes(8, "little") for w in words)
-    for base in range(0, ram.size, len(page)):
-        chunk = bytearray(page[: min(len(page), ram.size - base)])
-        chunk[(base >> 12) % len(chunk)] ^= 0xFF  # slight mutation per page
-        memory.write(ram.base + base, chunk)
+    image = bytearray((page * (size // len(page) + 1))[:size])
+    for base in range(0, size, len(page)):
+        image[base + (base >> 12) % min(len(page), size - base)] ^= 0xFF  # slight mutation per page
+    return bytes(image)
 
 
 def _apply(rig: Rig, op: Op) -> None:
@@ -82,14 +106,13 @@ def _apply(rig: Rig, op: Op) -> None:
         size = SIZES[a[1] % 3]
         rig.config_write(a[0] % 256 & ~(size - 1), size, a[2])
     elif kind is OpKind.RAM_FILL:
-        memory = rig.machine.memory
-        gpa = a[0] % memory.size
-        memory.fill(gpa, min(a[1], memory.size - gpa), a[2])
+        ram = rig.machine.memory.size
+        gpa = a[0] % ram
+        rig.ram_fill(gpa, min(a[1], ram - gpa), a[2])
     elif kind is OpKind.RAM_WRITE:
-        memory = rig.machine.memory
         size = SIZES[a[1] % 4]
-        gpa = a[0] % (memory.size - 8) & ~(size - 1)
-        memory.write(gpa, (a[2] & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        gpa = a[0] % (rig.machine.memory.size - 8) & ~(size - 1)
+        rig.ram_write(gpa, (a[2] & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
     elif kind is OpKind.NOTIFY:
         rig.notify(a[0])
     elif kind is OpKind.TICK:
@@ -99,9 +122,82 @@ def _apply(rig: Rig, op: Op) -> None:
     elif kind is OpKind.RESET:
         rig.reset()
     elif kind is OpKind.SNAPSHOT:
-        rig.snapshot_roundtrip()
+        if rig.snapshots_left > 0:
+            rig.snapshots_left -= 1
+            rig.snapshot_roundtrip()
     elif kind is OpKind.PUMP:
         rig.pump()
+
+
+class Guard:
+    """The hang, exception and memory oracles, for any target (op streams or byte streams).
+
+    ``with Guard(...) as guard:`` installs the alarm handler (main thread only) and starts
+    tracemalloc when asked; ``guard.call(action, what)`` runs one step under oracles 1–2 and
+    ``guard.check_memory(where)`` applies oracle 3.
+    """
+
+    def __init__(self, op_seconds: float = 2.0, check_memory: bool = False, memory_limit: int = 64 << 20) -> None:
+        self.op_seconds = op_seconds
+        self.memory_limit = memory_limit
+        self.use_alarm = threading.current_thread() is threading.main_thread() and op_seconds > 0
+        self.tracing = check_memory and not tracemalloc.is_tracing()
+        self._previous: Any = None
+        self._baseline = 0
+
+    def __enter__(self) -> Guard:
+        if self.use_alarm:
+
+            def _on_alarm(signum: int, frame: FrameType | None) -> None:
+                raise _Timeout()
+
+            self._previous = (signal.signal(signal.SIGALRM, _on_alarm), signal.signal(signal.SIGPROF, _on_alarm))
+        if self.tracing:
+            tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.use_alarm:
+            self._disarm()
+            signal.signal(signal.SIGALRM, self._previous[0])
+            signal.signal(signal.SIGPROF, self._previous[1])
+        if self.tracing:
+            tracemalloc.stop()
+
+    def mark_memory(self) -> None:
+        """Take the heap baseline oracle 3 measures growth from."""
+        if self.tracing:
+            self._baseline = tracemalloc.get_traced_memory()[0]
+
+    def check_memory(self, where: str) -> None:
+        """Oracle 3: raise ``Finding`` if the heap grew past the limit since ``mark_memory``."""
+        if self.tracing:
+            grown = tracemalloc.get_traced_memory()[0] - self._baseline
+            if grown > self.memory_limit:
+                raise Finding("memory", f"heap grew by {grown} bytes by {where}")
+
+    def call(self, action: Callable[[], T], what: str) -> T:
+        """Run ``action`` under oracles 1 and 2; return its result."""
+        if self.use_alarm:
+            signal.setitimer(signal.ITIMER_PROF, self.op_seconds)
+            signal.setitimer(signal.ITIMER_REAL, self.op_seconds * WALL_FACTOR)
+        try:
+            return action()
+        except Finding:
+            raise
+        except _Timeout:
+            raise Finding("hang", f"{what} took more than {self.op_seconds} s of CPU time (or {self.op_seconds * WALL_FACTOR} s blocked)") from None
+        except Exception as exc:  # noqa: BLE001 - oracle 1: nothing may escape
+            tail = "".join(traceback.format_exception(exc)[-6:])
+            raise Finding("exception", f"{what} raised {type(exc).__name__}: {exc}\n{tail}") from exc
+        finally:
+            if self.use_alarm:
+                self._disarm()
+
+    @staticmethod
+    def _disarm() -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def execute(
@@ -115,58 +211,22 @@ def execute(
 ) -> None:
     """Run ``program`` on a fresh rig; raise ``Finding`` when an oracle fires."""
     rig = factory()
-    use_alarm = threading.current_thread() is threading.main_thread() and op_seconds > 0
-    previous = None
-    if use_alarm:
-
-        def _on_alarm(signum: int, frame: FrameType | None) -> None:
-            raise _Timeout()
-
-        previous = signal.signal(signal.SIGALRM, _on_alarm)
-    tracing_memory = check_memory and not tracemalloc.is_tracing()
-    if tracing_memory:
-        tracemalloc.start()
     try:
-        fill_ram_pattern(rig.machine.memory, program.ram_seed)
-        baseline = tracemalloc.get_traced_memory()[0] if tracing_memory else 0
-        for index, op in enumerate(program.ops):
-            if trace is not None:
-                trace(f"{index:4d} {op.describe()}")
-            _guarded(functools.partial(_apply, rig, op), f"op {index} ({op.describe()})", use_alarm, op_seconds)
-            if tracing_memory and index % 16 == 15:
-                grown = tracemalloc.get_traced_memory()[0] - baseline
-                if grown > memory_limit:
-                    raise Finding("memory", f"heap grew by {grown} bytes by op {index}")
-        if tracing_memory:
-            grown = tracemalloc.get_traced_memory()[0] - baseline
-            if grown > memory_limit:
-                raise Finding("memory", f"heap grew by {grown} bytes over the program")
-        _guarded(rig.reset, "reset after the program", use_alarm, op_seconds)
-        _guarded(rig.health_check, "health check after reset", use_alarm, op_seconds)
+        with Guard(op_seconds, check_memory, memory_limit) as guard:
+            fill_ram_pattern(rig.machine.memory, program.ram_seed)
+            rig.ram_loaded()
+            guard.mark_memory()
+            for index, op in enumerate(program.ops):
+                if trace is not None:
+                    trace(f"{index:4d} {op.describe()}")
+                guard.call(functools.partial(_apply, rig, op), f"op {index} ({op.describe()})")
+                if index % 16 == 15:
+                    guard.check_memory(f"op {index}")
+            guard.check_memory("the end of the program")
+            guard.call(rig.reset, "reset after the program")
+            guard.call(rig.health_check, "health check after reset")
     finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-        if tracing_memory:
-            tracemalloc.stop()
         rig.close()
-
-
-def _guarded(action: Callable[[], None], what: str, use_alarm: bool, seconds: float) -> None:
-    if use_alarm:
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        action()
-    except Finding:
-        raise
-    except _Timeout:
-        raise Finding("hang", f"{what} took longer than {seconds} s") from None
-    except Exception as exc:  # noqa: BLE001 - oracle 1: nothing may escape
-        tail = "".join(traceback.format_exception(exc)[-6:])
-        raise Finding("exception", f"{what} raised {type(exc).__name__}: {exc}\n{tail}") from exc
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def run_input(factory: Callable[[], Rig], data: bytes, **options: object) -> None:

@@ -2,10 +2,13 @@
 
 Rules:
 
-1. Targets are named in ``TARGETS`` (name -> module with ``build`` and ``TestOneInput``);
-   each module is also a standalone OSS-Fuzz fuzzer (``fuzz/<name>_fuzzer.py``).
-2. With atheris, ``run`` starts the fuzzer script as a child process with libFuzzer flags
-   (its own status lines carry execs/s and coverage). Without it, the built-in loop mutates
+1. Targets are named in ``TARGETS`` (name -> module); each module is also a standalone
+   OSS-Fuzz fuzzer (``fuzz/<name>_fuzzer.py`` with ``TestOneInput``). An op-stream target
+   defines ``build() -> Rig``; a byte-stream target (a wire protocol: ``mpqemu``,
+   ``vfio_user``) defines ``execute_input(data, *, op_seconds, check_memory, memory_limit,
+   trace)`` instead. ``load_executor`` gives both the same shape.
+2. With atheris, ``run`` starts the fuzzer script as a child process with libFuzzer flags;
+   its status lines (execs/s, ``cov:``, ``ft:``) are echoed and parsed into ``Stats``. Without it, the built-in loop mutates
    the corpus with a seeded RNG, keeps inputs that reach new lines of the device packages
    (line coverage via ``sys.settrace`` limited to those files) and prints a progress line
    every second.
@@ -15,16 +18,19 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import importlib
 import importlib.util
 import os
 import random
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,29 +39,72 @@ from ._execute import execute
 from ._ops import MAX_OPS, decode
 from ._rig import Finding, Rig
 
-__all__ = ["TARGETS", "load_target", "run", "repro", "corpus_dir", "Stats"]
+__all__ = ["TARGETS", "Executor", "load_target", "load_executor", "run", "repro", "corpus_dir", "quiet_logs", "Stats"]
 
 FUZZ_DIR = Path(__file__).resolve().parent
 ROOT = FUZZ_DIR.parent
 
 TARGETS: dict[str, str] = {
     "testdev": "fuzz.testdev_fuzzer",
+    "e1000": "fuzz.e1000_fuzzer",
+    "virtio_split": "fuzz.virtio_split_fuzzer",
+    "virtio_packed": "fuzz.virtio_packed_fuzzer",
+    "virtio_pci": "fuzz.virtio_pci_fuzzer",
+    "virtio_mmio": "fuzz.virtio_mmio_fuzzer",
+    "virtio_blk": "fuzz.virtio_blk_fuzzer",
+    "virtio_net": "fuzz.virtio_net_fuzzer",
+    "ahci": "fuzz.ahci_fuzzer",
+    "mpqemu": "fuzz.mpqemu_fuzzer",
+    "vfio_user": "fuzz.vfio_user_fuzzer",
+    "vhost_user": "fuzz.vhost_user_fuzzer",
 }
+
+Executor = Callable[..., None]
+"""``executor(data, *, op_seconds=2.0, check_memory=False, memory_limit=..., trace=None)``:
+run one input with every oracle; raise ``Finding`` when one fires."""
 
 _COVERED_PACKAGES = tuple(str(ROOT / p) + os.sep for p in ("devmodels", "virtio", "passthrough"))
 
 
+def _module(name: str) -> Any:
+    if name not in TARGETS:
+        raise ValueError(f"unknown fuzz target {name!r}; known: {', '.join(sorted(TARGETS))}")
+    return importlib.import_module(TARGETS[name])
+
+
 def load_target(name: str) -> Callable[[], Rig]:
-    """The rig factory of target ``name``.
+    """The rig factory of op-stream target ``name``.
+
+    Raises:
+        ValueError: unknown target, or a byte-stream target (it has no rig).
+    """
+    module = _module(name)
+    build: Callable[[], Rig] | None = getattr(module, "build", None)
+    if build is None:
+        raise ValueError(f"fuzz target {name!r} is a byte-stream target; use load_executor")
+    return build
+
+
+def load_executor(name: str) -> Executor:
+    """How to run one input of target ``name`` (rule 1).
 
     Raises:
         ValueError: unknown target.
     """
-    if name not in TARGETS:
-        raise ValueError(f"unknown fuzz target {name!r}; known: {', '.join(sorted(TARGETS))}")
-    module = importlib.import_module(TARGETS[name])
-    build: Callable[[], Rig] = module.build
-    return build
+    module = _module(name)
+    execute_input: Executor | None = getattr(module, "execute_input", None)
+    if execute_input is not None:
+        return execute_input
+    return functools.partial(_execute_rig, module.build)
+
+
+def _execute_rig(
+    build: Callable[[], Rig], data: bytes, *, trace: Callable[[str], None] | None = None, **options: Any
+) -> None:
+    program = decode(data)
+    if trace is not None:
+        trace(f"RAM seed {program.ram_seed:#010x}, {len(program.ops)} ops")
+    execute(build, program, trace=trace, **options)
 
 
 def corpus_dir(name: str) -> Path:
@@ -71,14 +120,16 @@ class Stats:
         self.start = time.monotonic()
         self.corpus = 0
         self.coverage = 0
+        self.features = 0
         self.findings: dict[str, str] = {}
 
     def line(self) -> str:
         """The progress line."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
+        cov = f"cov {self.coverage} ft {self.features}" if self.features else f"cov {self.coverage} lines"
         return (
             f"#{self.execs} execs {self.execs / elapsed:.0f}/s corpus {self.corpus} "
-            f"cov {self.coverage} lines findings {len(self.findings)} elapsed {elapsed:.0f}s"
+            f"{cov} findings {len(self.findings)} elapsed {elapsed:.0f}s"
         )
 
 
@@ -150,7 +201,12 @@ def _save(directory: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def _run_atheris(name: str, seconds: int, work_corpus: Path, crashes: Path, jobs_args: list[str]) -> int:
+_STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
+
+
+def _run_atheris(
+    name: str, seconds: int, work_corpus: Path, crashes: Path, stats: Stats, progress: Callable[[str], None]
+) -> int:
     script = FUZZ_DIR / f"{name}_fuzzer.py"
     crashes.mkdir(parents=True, exist_ok=True)
     work_corpus.mkdir(parents=True, exist_ok=True)
@@ -162,10 +218,21 @@ def _run_atheris(name: str, seconds: int, work_corpus: Path, crashes: Path, jobs
         f"-max_total_time={seconds}",
         f"-artifact_prefix={crashes}{os.sep}{name}-",
         "-print_final_stats=1",
-        *jobs_args,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.call(cmd, env=env)
+    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    assert child.stderr is not None
+    for raw in child.stderr:
+        line = raw.rstrip("\n")
+        progress(line)
+        match = _STATUS.match(line)
+        if match:
+            stats.execs, stats.coverage, stats.features, stats.corpus = (int(g) for g in match.groups())
+        elif line.startswith("stat::number_of_executed_units:"):
+            stats.execs = int(line.split(":")[-1])
+        elif "Test unit written to" in line:
+            stats.findings[f"atheris-{len(stats.findings)}"] = line.rsplit(" ", 1)[-1]
+    return child.wait()
 
 
 def run(
@@ -180,13 +247,38 @@ def run(
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> Stats:
     """Fuzz target ``name`` for ``seconds`` (rule 2). Returns the run's counters."""
-    factory = load_target(name)
+    with quiet_logs():
+        return _run(name, seconds, crashes, work_corpus, engine, seed, max_execs, progress)
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Silence logging (devices log refused guest input; at fuzzing rates that is noise)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _run(
+    name: str,
+    seconds: float,
+    crashes: Path,
+    work_corpus: Path | None,
+    engine: str,
+    seed: int,
+    max_execs: int | None,
+    progress: Callable[[str], None],
+) -> Stats:
+    executor = load_executor(name)
     if engine == "auto":
         engine = "atheris" if importlib.util.find_spec("atheris") else "builtin"
     if engine == "atheris":
-        status = _run_atheris(name, int(seconds), work_corpus or crashes / f"{name}-corpus", crashes, [])
         stats = Stats()
-        if status not in (0,):
+        status = _run_atheris(name, int(seconds), work_corpus or crashes / f"{name}-corpus", crashes, stats, progress)
+        if status != 0 and not stats.findings:
             stats.findings["atheris"] = f"exit status {status}; see {crashes}"
         return stats
     stats = Stats()
@@ -199,9 +291,8 @@ def run(
     queue = list(corpus)
     while time.monotonic() < deadline and (max_execs is None or stats.execs < max_execs):
         data = queue.pop(0) if queue else _mutate(rng, rng.choice(corpus + kept), corpus + kept)
-        program = decode(data)
         try:
-            new = coverage.run(functools.partial(execute, factory, program))
+            new = coverage.run(functools.partial(executor, data))
         except Finding as finding:
             digest = hashlib.sha1(data).hexdigest()[:12]
             if finding.kind not in stats.findings:
@@ -230,11 +321,10 @@ def repro(path: Path, name: str | None = None, out: Callable[[str], None] = prin
         name = next((t for t in TARGETS if path.name.startswith(f"{t}-")), None)
         if name is None:
             raise ValueError(f"cannot tell the target of {path.name}; pass --target")
-    factory = load_target(name)
-    program = decode(path.read_bytes())
-    out(f"target {name}, RAM seed {program.ram_seed:#010x}, {len(program.ops)} ops")
+    executor = load_executor(name)
+    out(f"target {name}, input {path.name}")
     try:
-        execute(factory, program, check_memory=True, trace=out)
+        executor(path.read_bytes(), check_memory=True, trace=out)
     except Finding as finding:
         out(f"FINDING {finding.kind}: {finding.detail}")
         return finding

@@ -11,11 +11,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from devmodels import Machine  # noqa: E402
-from devmodels.testdev import PciTestDevice, PciTestDeviceState  # noqa: E402
-from devmodels.testdev import regs as r  # noqa: E402
-from fuzz._execute import run_input  # noqa: E402
-from fuzz._rig import RAM_SIZE, Finding, PciRig  # noqa: E402
+from fuzz._instrument import fuzz_main, instrumented  # noqa: E402
+
+with instrumented(__name__):
+    from devmodels import Machine
+    from devmodels.testdev import PciTestDevice, PciTestDeviceState
+    from devmodels.testdev import regs as r
+    from fuzz._execute import run_input
+    from fuzz._rig import RAM_SIZE, Finding, PciRig
 
 
 class TestdevRig(PciRig):
@@ -52,13 +55,5 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - the name libFuzzer/atheri
     run_input(build, data)
 
 
-def main() -> None:
-    import atheris
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TestOneInput)

@@ -17,6 +17,13 @@ Rules:
    backend requests have come back; only then does it clear and links come up again.
 5. Snapshots (``state``/``restore``) require a quiesced controller: no request in flight
    (``busy`` is False); ``state()`` raises ``UsageError`` otherwise.
+6. Posted writes (``posted_writes=True``): a write that issues commands (PxCI, PxCMD.ST)
+   stores the register and returns; the command engine runs at the next ``poll()``, which
+   the VMM calls right after it has completed the guest's write (a proxy answers first,
+   then polls: the guest runs on while commands are fetched, as with a posted PCI write).
+   Every other entry point (register and config accesses, reset, attach, snapshots) runs
+   the posted work first, so what the guest and the host observe is ordered exactly as
+   without posting; only the moment commands start differs.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class AhciController(PciFunction):
         memory: guest RAM the controller DMAs to and from.
         ports: how many ports to implement (1..6).
         msi: add a single-vector MSI capability (rule 2); INTx (INTA#) is always there.
+        posted_writes: defer command fetching to the next ``poll()`` (rule 6).
         name: for traces.
 
     Raises:
@@ -59,16 +67,22 @@ class AhciController(PciFunction):
     s64a = True  # CAP.S64A: command lists, FIS areas and PRDs may sit above 4 GiB
     staggered_spin_up = True  # CAP.SSS: a link comes up when software sets PxCMD.SUD
 
-    def __init__(self, memory: GuestMemory, *, ports: int = r.MAX_PORTS, msi: bool = False, name: str = "ahci") -> None:
+    def __init__(
+        self, memory: GuestMemory, *, ports: int = r.MAX_PORTS, msi: bool = False, posted_writes: bool = False,
+        name: str = "ahci",
+    ) -> None:
         if not isinstance(ports, int) or not 1 <= ports <= r.MAX_PORTS:
             raise UsageError(f"an ICH9 AHCI controller has 1..{r.MAX_PORTS} ports, got {ports!r}")
         super().__init__(
             r.AHCI_VENDOR_ID, r.AHCI_DEVICE_ID, r.AHCI_CLASS, revision=r.AHCI_REVISION, interrupt_pin=1, name=name
         )
         self.memory = memory
+        self.posted_writes = bool(posted_writes)
+        self._posted: list[AhciPort] = []  # ports whose command engine waits for poll() (rule 6)
         self.resetting = False
         self._tags = itertools.count(1)
         self._ie_was = False
+        self._intx_sink: object = None  # the sink update_irq last drove (see there)
         self.cap = (
             r.CAP_S64A | r.CAP_SNCQ | r.CAP_SSS | r.CAP_SAL | r.CAP_SCLO | r.SPEED_GEN2 << r.CAP_ISS_SHIFT
             | r.CAP_SAM | (r.NUM_SLOTS - 1) << r.CAP_NCS_SHIFT | (ports - 1)
@@ -114,7 +128,9 @@ class AhciController(PciFunction):
         return bool(super().dma_allowed)
 
     def read(self, offset: int, size: int) -> int:
-        """A guest read of ABAR (rule 1)."""
+        """A guest read of ABAR (rule 1), after any posted work (rule 6)."""
+        if self._posted:
+            self.poll()
         if size == 8:
             return self.read(offset, 4) | self.read(offset + 4, 4) << 32
         port = self._port_at(offset)
@@ -123,17 +139,46 @@ class AhciController(PciFunction):
         return self.registers.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        """A guest write of ABAR (rule 1), then a poll (rule 3) and an interrupt update."""
+        """A guest write of ABAR (rule 1), then a poll (rule 3) and an interrupt update.
+
+        With posted writes (rule 6), earlier posted work runs first; if this write posts
+        work, only the interrupt state is updated and the poll waits for the VMM.
+        """
         if size == 8:
             self.write(offset, 4, value & 0xFFFF_FFFF)
             self.write(offset + 4, 4, value >> 32)
             return
+        if self._posted:
+            self.poll()
         port = self._port_at(offset)
         if port is not None:
             port.write(offset & (r.PORT_STRIDE - 1), size, value)
         else:
             self.registers.write(offset, size, value)
-        self.poll()
+        if self._posted:
+            self.update_irq()
+        else:
+            self.poll()
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        """A config-space write, after any posted work (rule 6: e.g. bus mastering)."""
+        if self._posted:
+            self.poll()
+        super().config_write(offset, size, value)
+
+    def post(self, port: AhciPort) -> bool:
+        """Called by a port whose command engine has work: ``True`` if it was posted for
+        the next ``poll()`` (rule 6), ``False`` if the port must run it now."""
+        if not self.posted_writes:
+            return False
+        if port not in self._posted:
+            self._posted.append(port)
+        return True
+
+    @property
+    def posted(self) -> bool:
+        """Posted work waits for ``poll()`` (rule 6)."""
+        return bool(self._posted)
 
     def _port_at(self, offset: int) -> AhciPort | None:
         if offset < r.PORT_BASE:
@@ -149,18 +194,27 @@ class AhciController(PciFunction):
         for port in self.ports:
             if port.interrupt_pending:
                 pending |= 1 << port.index
-        before = self.registers["IS"]
+        values = self.registers.values  # by offset: this runs on every poll and write
+        before = values[r.IS]
         status = before | pending
-        self.registers["IS"] = status
-        enabled = bool(self.registers["GHC"] & r.GHC_IE)
+        values[r.IS] = status
+        enabled = bool(values[r.GHC] & r.GHC_IE)
         rising = enabled and not self._ie_was
         self._ie_was = enabled
         if self.msi_enabled:
-            self.set_intx(False)
+            self._drive(False)
             if enabled and (status & ~before or rising and status):
                 self.signal(0)
             return
-        self.set_intx(enabled and bool(status))
+        self._drive(enabled and bool(status))
+
+    def _drive(self, level: bool) -> None:
+        # Driving the level the pin already has, into the same sink, changes nothing
+        # (PciFunction re-drives by itself when INTx Disable toggles); skip the config work.
+        if level == self._intx_level and self.intx is self._intx_sink:
+            return
+        self._intx_sink = self.intx
+        self.set_intx(level)
 
     # -- HBA reset (rule 4) ---------------------------------------------------------------
 
@@ -196,6 +250,8 @@ class AhciController(PciFunction):
         Raises:
             UsageError: no such port, or the port has requests in flight.
         """
+        if self._posted:
+            self.poll()
         target = self._host_port(port)
         target.attach(drive)
         self.update_irq()
@@ -206,6 +262,8 @@ class AhciController(PciFunction):
         Raises:
             UsageError: no such port, no ATAPI drive there, or requests in flight.
         """
+        if self._posted:
+            self.poll()
         drive = self._host_port(port).drive
         if not isinstance(drive, AtapiCdrom):
             raise UsageError(f"port {port} has no ATAPI drive")
@@ -223,23 +281,30 @@ class AhciController(PciFunction):
         return target
 
     def poll(self) -> int:
-        """Collect backend completions and finish commands (rule 3); return how many.
+        """Run posted work (rule 6), collect backend completions and finish commands
+        (rule 3); return how many completions were handled.
 
         Work is bounded: at most ``_POLL_ROUNDS`` rounds of ``completions()`` per backend.
         """
+        while self._posted:
+            self._posted.pop(0).run()
         handled = 0
         for _ in range(_POLL_ROUNDS):
             backends: dict[int, BlockBackend] = {}
             for port in self.ports:
-                for backend in port.backends():
-                    backends[id(backend)] = backend
+                if port.busy:
+                    for backend in port.backends():
+                        backends[id(backend)] = backend
             if not backends:
                 break
             progress = 0
             for backend in backends.values():
                 for completion in backend.completions():
                     progress += 1
-                    if not any(port.complete(completion) for port in self.ports):
+                    for port in self.ports:
+                        if port.complete(completion):
+                            break
+                    else:
                         if _tp_stray.on:
                             _tp_stray.emit(tag=completion.tag)
             handled += progress
@@ -255,6 +320,8 @@ class AhciController(PciFunction):
         Requests in flight are cancelled; as with GHC.HR, GHC.HR reads 1 until the backend
         has returned them (rule 4), so it is safe at any time (mpqemu DEVICE_RESET).
         """
+        if self._posted:
+            self.poll()
         self.reset_function()
         self.registers.reset()
         self._hba_reset()
@@ -269,6 +336,8 @@ class AhciController(PciFunction):
         Raises:
             UsageError: backend requests are in flight (the quiesce point of rule 5).
         """
+        if self._posted:
+            self.poll()
         if self.busy or self.resetting:
             raise UsageError("state() needs a quiesced controller; poll() until busy is False")
         return capture_state(self)
@@ -280,6 +349,8 @@ class AhciController(PciFunction):
             SnapshotError: a field is inconsistent with this controller; nothing changed.
             UsageError: the controller has requests in flight.
         """
+        if self._posted:
+            self.poll()
         if self.busy:
             raise UsageError("restore() needs a quiesced controller")
         check_state(self, state)

@@ -23,7 +23,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._errors import GuestMemoryError
 from .._memory import GuestMemory
@@ -49,6 +49,8 @@ _tp_link = tracepoint("ahci.port.link")
 _tp_drop = tracepoint("ahci.port.stray_completion")
 
 _ALL_SLOTS = (1 << r.NUM_SLOTS) - 1
+# §5.3.8: the device accepts a queued command with a Register D2H FIS, BSY clear, no I bit
+_ACCEPT_D2H = build_d2h(d.ATA_DRDY, 0, interrupt=False)
 _MASK64 = (1 << 64) - 1
 
 
@@ -97,6 +99,7 @@ class AhciPort:
         self._active: int | None = None  # the non-queued command in progress
         self._ncq = 0  # slots whose queued command the device has accepted
         self._records: dict[int, _InFlight] = {}  # backend tag -> record
+        self._backend_refs: dict[int, list[Any]] = {}  # id(backend) -> [backend, requests in flight]
         self._live: list[_InFlight] = []
         self._todo: set[str] = set()
 
@@ -127,9 +130,10 @@ class AhciPort:
     @property
     def interrupt_status(self) -> int:
         """PxIS as the guest reads it: PCS and PRCS mirror PxSERR.DIAG.X and .N (§3.3.5)."""
-        serr = self.regs["PxSERR"]
+        values = self.regs.values  # by offset: this runs on every poll
+        serr = values[r.PxSERR]
         return (
-            self.regs["PxIS"]
+            values[r.PxIS]
             | (r.PxIS_PCS if serr & r.SERR_DIAG_X else 0)
             | (r.PxIS_PRCS if serr & r.SERR_DIAG_N else 0)
         )
@@ -137,7 +141,7 @@ class AhciPort:
     @property
     def interrupt_pending(self) -> bool:
         """Some enabled PxIS condition is set."""
-        return bool(self.interrupt_status & self.regs["PxIE"])
+        return bool(self.interrupt_status & self.regs.values[r.PxIE])
 
     def _write_ie(self, old: int, new: int) -> int:
         self._todo.add("irq")
@@ -145,10 +149,10 @@ class AhciPort:
 
     def _write_sact(self, old: int, new: int) -> int:
         # §3.3.13: software sets bits only while PxCMD.ST is 1
-        return new if self.regs["PxCMD"] & r.PxCMD_ST else old
+        return new if self.regs.values[r.PxCMD] & r.PxCMD_ST else old
 
     def _write_ci(self, old: int, new: int) -> int:
-        if not self.regs["PxCMD"] & r.PxCMD_ST:
+        if not self.regs.values[r.PxCMD] & r.PxCMD_ST:
             return old  # §3.3.14: PxCI is only valid while ST is 1
         self._todo.add("run")
         return new
@@ -204,7 +208,7 @@ class AhciPort:
             self._set_link(LinkState.DOWN, det=r.SCTL_DET_OFFLINE)
         if "release" in todo or "spin-up" in todo:
             self._try_link_up()
-        if "run" in todo:
+        if "run" in todo and not self.hba.post(self):
             self.run()
 
     # -- link and resets ------------------------------------------------------------------
@@ -314,25 +318,30 @@ class AhciPort:
 
     # -- received FIS area ----------------------------------------------------------------
 
+    # The per-command paths below read and write ``regs.values`` by offset: the same
+    # stored values as ``regs[name]``, without the name lookup (every value stays < 2**32).
+
     def _post(self, offset: int, fis: bytes) -> None:
-        if not self.regs["PxCMD"] & r.PxCMD_FRE:
+        values = self.regs.values
+        if not values[r.PxCMD] & r.PxCMD_FRE:
             return
-        base = self.regs["PxFBU"] << 32 | self.regs["PxFB"] if self.hba.s64a else self.regs["PxFB"]
+        base = values[r.PxFBU] << 32 | values[r.PxFB] if self.hba.s64a else values[r.PxFB]
         self.memory.write(base + offset, fis)
 
     def _raise(self, bits: int) -> None:
-        self.regs["PxIS"] = self.regs["PxIS"] | bits
+        self.regs.values[r.PxIS] |= bits
 
     # -- the command engine ---------------------------------------------------------------
 
     def run(self) -> None:
         """Fetch and start issued commands (rules 3 and 6)."""
+        values = self.regs.values
         for _ in range(r.NUM_SLOTS):
             if self.halted or self._active is not None or self.link != LinkState.UP or self.hba.resetting:
                 return
-            if not self.regs["PxCMD"] & r.PxCMD_ST:
+            if not values[r.PxCMD] & r.PxCMD_ST:
                 return
-            issued = self.regs["PxCI"] & _ALL_SLOTS
+            issued = values[r.PxCI] & _ALL_SLOTS
             if not issued:
                 return
             slot = self._pick(issued)
@@ -345,10 +354,12 @@ class AhciPort:
         return (self.next_slot + offset) % r.NUM_SLOTS
 
     def _clb(self) -> int:
-        return self.regs["PxCLBU"] << 32 | self.regs["PxCLB"] if self.hba.s64a else self.regs["PxCLB"]
+        values = self.regs.values
+        return values[r.PxCLBU] << 32 | values[r.PxCLB] if self.hba.s64a else values[r.PxCLB]
 
     def _start(self, slot: int) -> None:
-        self.regs["PxCMD"] = self.regs["PxCMD"] & ~r.PxCMD_CCS_MASK | slot << r.PxCMD_CCS_SHIFT
+        values = self.regs.values
+        values[r.PxCMD] = values[r.PxCMD] & ~r.PxCMD_CCS_MASK | slot << r.PxCMD_CCS_SHIFT
         try:
             if not self.hba.dma_allowed:
                 raise BusMasterDisabled("command issued with PCI bus mastering disabled")
@@ -408,9 +419,10 @@ class AhciPort:
     def _accept_queued(self, slot: int) -> None:
         """The device accepts an FPDMA command: D2H with BSY clear, PxCI cleared (§5.3.8)."""
         self._ncq |= 1 << slot
-        self._post(r.RX_FIS_RFIS, build_d2h(d.ATA_DRDY, 0, interrupt=False))
-        self.regs["PxTFD"] = d.ATA_DRDY
-        self.regs["PxCI"] = self.regs["PxCI"] & ~(1 << slot)
+        self._post(r.RX_FIS_RFIS, _ACCEPT_D2H)
+        values = self.regs.values
+        values[r.PxTFD] = d.ATA_DRDY
+        values[r.PxCI] &= ~(1 << slot)
 
     def _handle(self, cmd: Command, outcome: Outcome, queued: bool, record: _InFlight | None) -> None:
         if isinstance(outcome, Pending):
@@ -428,11 +440,13 @@ class AhciPort:
             if queued and outcome.nbytes:
                 # first-party DMA: the device names the slot whose PRDT moves the data
                 self._post(r.RX_FIS_DSFIS, build_dma_setup(cmd.slot, outcome.nbytes, to_host=outcome.to_host))
+            ref = self._backend_refs.setdefault(id(backend), [backend, 0])
             for request in outcome.requests:
                 tag = self.hba.new_tag()
                 request.tag = tag
                 record.order.append(tag)
                 self._records[tag] = record
+                ref[1] += 1
                 backend.submit(request, self.memory)
             return
         if record is not None and record in self._live:
@@ -496,8 +510,9 @@ class AhciPort:
         header = self._clb() + cmd.slot * r.CMD_HEADER_SIZE
         self.memory.store_u32(header + 4, result.transferred)
         self._post(r.RX_FIS_SDBFIS, build_sdb(result.status, 0, bit))
-        self.regs["PxTFD"] = (self.regs["PxTFD"] & 0b1000_1000) | result.status & 0b0111_0111
-        self.regs["PxSACT"] = self.regs["PxSACT"] & ~bit
+        values = self.regs.values
+        values[r.PxTFD] = (values[r.PxTFD] & 0b1000_1000) | result.status & 0b0111_0111
+        values[r.PxSACT] &= ~bit
         bits = r.PxIS_SDBS
         if result.transferred and cmd.prdt.interrupt_within(result.transferred):
             bits |= r.PxIS_DPS
@@ -515,7 +530,7 @@ class AhciPort:
 
     def backends(self) -> list[BlockBackend]:
         """Backends with requests in flight (the controller polls each once)."""
-        return list({id(rec.backend): rec.backend for rec in self._records.values()}.values())
+        return [ref[0] for ref in self._backend_refs.values()]
 
     def complete(self, completion: BlockCompletion) -> bool:
         """Take one backend completion; return whether it was this port's."""
@@ -525,6 +540,10 @@ class AhciPort:
         record = self._records.pop(tag, None)
         if record is None:
             return False
+        ref = self._backend_refs[id(record.backend)]
+        ref[1] -= 1
+        if not ref[1]:
+            del self._backend_refs[id(record.backend)]
         record.results[tag] = completion
         if any(t in self._records for t in record.order):
             return True

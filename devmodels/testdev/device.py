@@ -76,8 +76,9 @@ class PciTestDevice(PciFunction):
                 Reg("IRQ_STATUS", r.IRQ_STATUS, access=Access.RO),
                 Reg("IRQ_RAISE", r.IRQ_RAISE, access=Access.WO, on_write=self._raise),
                 Reg("IRQ_ACK", r.IRQ_ACK, access=Access.WO, on_write=self._ack),
-                Reg("DMA_SRC", r.DMA_SRC, size=8, mask=(1 << 64) - 1),
-                Reg("DMA_DST", r.DMA_DST, size=8, mask=(1 << 64) - 1),
+                # 64-bit addresses also take two 32-bit writes, as QEMU's edu does.
+                Reg("DMA_SRC", r.DMA_SRC, size=8, mask=(1 << 64) - 1, partial=True),
+                Reg("DMA_DST", r.DMA_DST, size=8, mask=(1 << 64) - 1, partial=True),
                 Reg("DMA_LEN", r.DMA_LEN),
                 Reg("DMA_CMD", r.DMA_CMD, access=Access.WO, mask=r.DMA_CMD_START, on_write=self._dma_cmd),
                 Reg("DMA_STATUS", r.DMA_STATUS, access=Access.RO),

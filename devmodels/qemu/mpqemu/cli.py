@@ -19,6 +19,7 @@ server's event loop.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -30,7 +31,8 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .config import DEFAULT_HIDDEN
-from .served import DEVICES, build_device
+from .loop import EventLoop
+from .served import DEVICES, ServedDevice, build_device
 from .server import MpqemuServer
 from ..._errors import HostError, UsageError
 from ..._memory import GuestMemory
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", action="append", default=[], metavar="SPEC",
                         help="host backend: socket:PATH or tap:NAME (NIC), file:PATH, file-ro:PATH, iso:PATH (disks)")
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="device option")
+    parser.add_argument("--poll-us", type=int, default=0, metavar="US",
+                        help="busy-poll the socket for up to US microseconds before sleeping (default 0: never)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 
@@ -81,22 +85,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.close()
         print(f"mpqemu: {exc}", file=sys.stderr)
         return 2
-    server = MpqemuServer(served.function, sock, memory, hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
+    if args.poll_us < 0:
+        sock.close()
+        served.close()
+        print("mpqemu: --poll-us must not be negative", file=sys.stderr)
+        return 2
+    loop = EventLoop(poll_ns=args.poll_us * 1000)
+    server = MpqemuServer(served.function, sock, memory, loop=loop,
+                          hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
     served.attach(server.loop)
-    server.before_dispatch.append(lambda: served.before_message(server.loop))
-    server.after_dispatch.append(lambda: served.after_message(server.loop))
+    # Hooks run around every message: install only the ones the device's glue has.
+    if type(served).before_message is not ServedDevice.before_message:
+        server.before_dispatch.append(lambda: served.before_message(server.loop))
+    if type(served).after_message is not ServedDevice.after_message:
+        server.after_dispatch.append(lambda: served.after_message(server.loop))
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         server.stop()
 
+    def _stats(signum: int, frame: FrameType | None) -> None:
+        # One write(2) of one line: safe whatever the main thread was doing.
+        counters = {**dataclasses.asdict(server.stats), **served.counters()}
+        fields = " ".join(f"{k}={v}" for k, v in counters.items())
+        try:
+            os.write(2, f"mpqemu stats: {fields}\n".encode())
+        except OSError:
+            pass
+
     # Signal handlers can only be installed from the main thread (tests call main elsewhere).
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    handlers = {signal.SIGTERM: _stop, signal.SIGINT: _stop, signal.SIGUSR1: _stats}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if in_main else {}
     try:
         server.run()
     finally:
         server.close()
         served.close()
+        loop.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     stats = server.stats

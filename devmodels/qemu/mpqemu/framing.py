@@ -16,7 +16,8 @@ Rules:
    separately); for any other peer it is still bounded and well defined, and the endpoint
    closes descriptors a command does not expect.
 2. A header whose ``size`` exceeds ``MPQEMU_MSG_DATA_SIZE`` cannot be framed past:
-   ``FramingError`` is raised and the framer must be closed (the connection ends).
+   ``FramingError`` is raised and the framer must be closed (the connection ends). Messages
+   completed earlier in the same ``feed`` are not delivered.
 3. The framer holds at most one incomplete message and the descriptors received for it;
    ``close`` closes those descriptors.
 """
@@ -72,7 +73,8 @@ class MessageFramer:
 
         Raises:
             FramingError: a header announces more than ``MPQEMU_MSG_DATA_SIZE`` bytes. The
-                descriptors of this call are then held, to be closed by ``close``.
+                descriptors of this call, and of messages it completed before the bad
+                header, are then held, to be closed by ``close``.
         """
         buf = self._buf
         buf += data
@@ -85,6 +87,10 @@ class MessageFramer:
             cmd, size = MSG_HEADER.unpack_from(buf, pos)
             if size > MPQEMU_MSG_DATA_SIZE:
                 del buf[:pos]
+                # Rule 3: messages completed before the bad header are never delivered, so
+                # their descriptors stay here too, for ``close``.
+                for message in out:
+                    self._fds.extend(message.fds)
                 self._fds.extend(fds)
                 raise FramingError(
                     f"header of command {cmd} announces {size} data bytes (at most {MPQEMU_MSG_DATA_SIZE})"

@@ -10,6 +10,10 @@ Rules:
    the timer callback (``loop.now_ns()``), never from its own clock (STYLE rule 6).
 4. An exception from a callback propagates out of ``run``: it is a bug in the callback,
    not something to hide.
+5. Optional busy polling (``poll_ns``, QEMU's ``poll-max-ns`` idea): before ``run``
+   blocks, it checks the descriptors without blocking for up to ``poll_ns``, so a peer
+   that sends again within that window (a vCPU's next register access) is served without
+   a sleep and a wake-up. Timers due meanwhile still run on time; the cost is CPU.
 """
 
 from __future__ import annotations
@@ -43,9 +47,19 @@ class Timer:
 
 
 class EventLoop:
-    """Readers, writers and timers on one ``selectors.DefaultSelector`` (rules 1–4)."""
+    """Readers, writers and timers on one ``selectors.DefaultSelector`` (rules 1–5).
 
-    def __init__(self) -> None:
+    Args:
+        poll_ns: busy-poll window before blocking (rule 5); 0 never polls.
+
+    Raises:
+        UsageError: ``poll_ns`` is negative.
+    """
+
+    def __init__(self, poll_ns: int = 0) -> None:
+        if poll_ns < 0:
+            raise UsageError(f"poll_ns must not be negative, got {poll_ns}")
+        self.poll_ns = poll_ns
         self._selector = selectors.DefaultSelector()
         self._callbacks: dict[int, list[Callback | None]] = {}  # fd -> [reader, writer]
         self._timers: list[Timer] = []
@@ -118,7 +132,18 @@ class EventLoop:
         if self._timers:
             due = max(0.0, (self._timers[0].deadline_ns - self.now_ns()) / 1e9)
             timeout = due if timeout is None else min(timeout, due)
-        for key, events in self._selector.select(timeout):
+        ready = self._selector.select(0) if self.poll_ns and timeout != 0 else None
+        if not ready and self.poll_ns and timeout != 0:
+            # Rule 5: spin for the window (never past the caller's timeout or a timer).
+            window = self.poll_ns if timeout is None else min(self.poll_ns, int(timeout * 1e9))
+            deadline = time.monotonic_ns() + window
+            while not ready and time.monotonic_ns() < deadline:
+                ready = self._selector.select(0)
+            if timeout is not None:
+                timeout = max(0.0, timeout - window / 1e9)
+        if not ready:
+            ready = self._selector.select(timeout)
+        for key, events in ready:
             fd = key.fd
             pair = self._callbacks.get(fd)
             if pair is not None and events & selectors.EVENT_READ and pair[0] is not None:

@@ -13,12 +13,18 @@ Rules:
    is not watched; it is watched again once the device can take frames.
 4. Devices are built by name from ``DEVICES`` with the options of the command line:
    ``--backend SPEC`` (``socket:PATH`` / ``tap:NAME`` for NICs, ``file:PATH`` /
-   ``file-ro:PATH`` for disks, ``iso:PATH`` for a CD-ROM) and ``--opt KEY=VALUE``.
+   ``file-ro:PATH`` for disks, ``iso:PATH`` for a CD-ROM) and ``--opt KEY=VALUE``
+   (AHCI: ``ports=N``; ``direct=on`` opens the images ``O_DIRECT``; ``workers=N`` I/O
+   threads per image; ``posted=off`` runs commands inside the PxCI write instead of after
+   the reply; ``inline-reads=off`` sends page-cache hits to the workers too; e1000:
+   ``mac=52:54:..``, ``mitigation=off``, ``posted=off`` walks the rings inside the TDT/RDT
+   write instead of after the reply).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +72,10 @@ class ServedDevice:
     def after_message(self, loop: EventLoop) -> None:
         """Runs after each proxy message (rule 2)."""
 
+    def counters(self) -> dict[str, int]:
+        """Counters of the glue and its backends, for the server's stats line (none here)."""
+        return {}
+
     def close(self) -> None:
         """Release backends."""
         while self._closers:
@@ -96,7 +106,9 @@ def open_net_backend(spec: str) -> Any:
 class TimedNic(ServedDevice):
     """Glue for a NIC model with ``receive_pending``/``rx_ready``/``tick``/``next_deadline``
     (the e1000): watches the backend fd while the device can take frames (rule 3) and
-    keeps one timer armed at the device's next deadline."""
+    keeps one timer armed at the device's next deadline. A device built with
+    ``defer_work=True`` has its ``run_deferred()`` called after each message, i.e. after
+    the proxy got its reply, so ring work overlaps with the guest running on."""
 
     def __init__(self, function: Any, backend: Any) -> None:
         super().__init__(function)
@@ -153,7 +165,10 @@ class TimedNic(ServedDevice):
         self.device.tick(loop.now_ns())
 
     def after_message(self, loop: EventLoop) -> None:
-        """Resume receive and re-arm the timer."""
+        """Run deferred ring work, resume receive and re-arm the timer."""
+        run_deferred = getattr(self.device, "run_deferred", None)
+        if run_deferred is not None:
+            run_deferred()
         self._update(loop)
 
     def close(self) -> None:
@@ -171,7 +186,15 @@ class TimedNic(ServedDevice):
 class PolledBlockDevice(ServedDevice):
     """Glue for a storage controller with ``poll()`` (AHCI): block backends complete on
     worker threads and wake the loop through an eventfd; the loop then lets the device
-    collect the completions on its own thread of control."""
+    collect the completions on its own thread of control.
+
+    Completions made on the loop's own thread (a backend that finished a request inside
+    ``submit``) only mark work: the device is polled before the loop callback returns.
+    A device with posted writes (``device.posted``) is polled after each message, once
+    the proxy has its reply (``served`` rule 2), so the guest runs while commands start.
+    """
+
+    _MARKED_ROUNDS = 4  # polls per callback for same-thread completions; then the eventfd
 
     def __init__(self, function: Any, backends: Sequence[Any]) -> None:
         super().__init__(function)
@@ -179,24 +202,52 @@ class PolledBlockDevice(ServedDevice):
         self.backends = list(backends)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._loop: EventLoop | None = None
+        self._loop_thread: int | None = None
+        self._marked = False
         for backend in self.backends:
             backend.set_notify(self._notify)
             self._closers.append(backend.close)
 
-    def _notify(self) -> None:  # worker thread: only wake the loop
-        os.eventfd_write(self._wake, 1)
+    def _notify(self) -> None:  # any thread: never calls into the device
+        if threading.get_ident() == self._loop_thread:
+            self._marked = True
+        else:
+            os.eventfd_write(self._wake, 1)
+
+    def _poll(self) -> None:
+        for _ in range(self._MARKED_ROUNDS):
+            self._marked = False
+            self.device.poll()
+            # A mark set during the poll was for a completion the poll's own rounds
+            # collected, unless requests are still in flight (the poll stopped at its bound).
+            if not self._marked or not getattr(self.device, "busy", True):
+                return
+        os.eventfd_write(self._wake, 1)  # more keeps coming: continue on the next turn
 
     def _on_wake(self) -> None:
         try:
             os.eventfd_read(self._wake)
         except BlockingIOError:
             pass
-        self.device.poll()
+        self._poll()
 
     def attach(self, loop: EventLoop) -> None:
         """Watch the completion eventfd."""
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         loop.add_reader(self._wake, self._on_wake)
+
+    def after_message(self, loop: EventLoop) -> None:
+        """Run posted work and same-thread completions (the reply is already sent)."""
+        if self._marked or getattr(self.device, "posted", False):
+            self._poll()
+
+    def counters(self) -> dict[str, int]:
+        """Reads served inline and handed to workers (``nowait.NowaitReads``)."""
+        return {
+            "inline_reads": sum(getattr(b, "inline", 0) for b in self.backends),
+            "delegated_reads": sum(getattr(b, "delegated", 0) for b in self.backends),
+        }
 
     def close(self) -> None:
         """Drain and close the backends, then the eventfd."""
@@ -218,7 +269,8 @@ def _e1000(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
     from ...e1000 import E1000
 
     backend = open_net_backend(options.backends[0]) if options.backends else None
-    kwargs: dict[str, Any] = {"mitigation": options.flag("mitigation", True)}
+    # posted=on: TDT/RDT writes are answered before the ring work runs (E1000 defer_work).
+    kwargs: dict[str, Any] = {"mitigation": options.flag("mitigation", True), "defer_work": options.flag("posted", True)}
     if "mac" in options.opts:
         kwargs["mac"] = bytes(int(part, 16) for part in options.opts["mac"].split(":"))
     return TimedNic(E1000(memory, backend, **kwargs), backend)
@@ -227,24 +279,28 @@ def _e1000(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
 def _ahci(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
     from ...ahci import AhciController, AtaDisk, AtapiCdrom
     from ...backends.block import RawFileBackend
+    from .nowait import NowaitReads
 
     ports = int(options.opts.get("ports", max(1, len(options.backends))))
-    controller = AhciController(memory, ports=ports)
-    backends = []
+    direct = options.flag("direct", False)  # O_DIRECT images (QEMU's cache=none)
+    workers = int(options.opts.get("workers", 4))
+    # Page-cache hits read on the loop's thread (buffered images only; see nowait.py).
+    inline = options.flag("inline-reads", True) and not direct and NowaitReads.available()
+    controller = AhciController(memory, ports=ports, posted_writes=options.flag("posted", True))
+    backends: list[Any] = []
     for port, spec in enumerate(options.backends):
         kind, _, path = spec.partition(":")
-        if kind == "file":
-            backend = RawFileBackend(path)
-            controller.attach(port, AtaDisk(backend))
-        elif kind == "file-ro":
-            backend = RawFileBackend(path, readonly=True)
-            controller.attach(port, AtaDisk(backend))
-        elif kind == "iso":
-            backend = RawFileBackend(path, readonly=True)
-            controller.attach(port, AtapiCdrom(backend))
-        else:
+        if kind not in ("file", "file-ro", "iso"):
             raise UsageError(f"AHCI backend {spec!r}: use file:PATH, file-ro:PATH or iso:PATH")
+        backend: Any = RawFileBackend(path, readonly=kind != "file", direct=direct, workers=workers)
+        if inline:
+            try:
+                backend = NowaitReads(backend, path)
+            except BaseException:
+                backend.close()
+                raise
         backends.append(backend)
+        controller.attach(port, AtapiCdrom(backend) if kind == "iso" else AtaDisk(backend))
     return PolledBlockDevice(controller, backends)
 
 

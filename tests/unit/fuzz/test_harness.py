@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devmodels import GuestError, Machine
-from fuzz import Finding, Op, OpKind, PciRig, Program, decode, encode, execute
+from fuzz import TARGETS, Finding, Op, OpKind, PciRig, Program, decode, encode, execute, load_executor
 from fuzz._rig import RAM_SIZE
 from fuzz._runner import corpus_dir, repro, run
 from fuzz.testdev_fuzzer import build as build_testdev
@@ -131,3 +131,138 @@ def test_repro_prints_an_op_trace(tmp_path: Path) -> None:
     assert repro(path, out=lines.append) is None
     assert any("mmio_write" in line for line in lines)
     assert lines[-1].startswith("no finding")
+
+
+# -- targets, seeds and the newer oracles ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_every_target_is_a_standalone_fuzzer_with_seeds(name: str) -> None:
+    import importlib
+
+    from fuzz._runner import FUZZ_DIR
+
+    assert (FUZZ_DIR / f"{name}_fuzzer.py").is_file()
+    module = importlib.import_module(TARGETS[name])
+    assert callable(module.TestOneInput)
+    assert callable(getattr(module, "build", None)) or callable(getattr(module, "execute_input", None))
+    seeds = sorted(corpus_dir(name).glob("*"))
+    assert seeds, f"{name} has no committed seed corpus"
+    load_executor(name)(seeds[0].read_bytes())  # the first seed replays clean (smoke replays all)
+
+
+def test_recorded_program_replays_to_the_recorded_state() -> None:
+    from fuzz._record import Recorder
+    from devmodels.testdev import regs as t
+
+    def script(rec: Recorder) -> None:
+        bar0 = rec.rig.regions[0][1]
+        rec.machine.config_write(0, rec.rig.devfn, 0x04, 2, 0b110)  # type: ignore[attr-defined]
+        rec.machine.memory.write(0x3000, b"recorded!")
+        rec.machine.mmio.write(bar0 + t.SCRATCH, 4, 0xC0FFEE)
+        rec.machine.mmio.write(bar0 + t.DMA_SRC, 8, 0x3000)
+        rec.machine.mmio.write(bar0 + t.DMA_DST, 8, 0x5000)
+        rec.machine.mmio.write(bar0 + t.DMA_LEN, 4, 9)
+        rec.machine.mmio.write(bar0 + t.DMA_CMD, 4, t.DMA_CMD_START)
+        rec.machine.mmio.read(bar0 + t.DMA_STATUS, 4)
+
+    rig = build_testdev()
+    recorder = Recorder(rig)
+    script(recorder)
+    program = recorder.program()
+    recorder.close()
+    expected = (rig.device.state(), rig.machine.memory.read(0, RAM_SIZE))
+    rig.close()
+    assert [op.kind for op in program.ops].count(OpKind.RAM_WRITE) == 2  # 8 + 1 bytes, aligned pieces
+    replay = build_testdev()
+    from fuzz._execute import _apply, fill_ram_pattern
+
+    fill_ram_pattern(replay.machine.memory, program.ram_seed)
+    for op in decode(encode(program)).ops:
+        _apply(replay, op)
+    assert (replay.device.state(), replay.machine.memory.read(0, RAM_SIZE)) == expected
+    assert replay.machine.memory.read(0x5000, 9) == b"recorded!"
+    replay.close()
+
+
+def test_recorder_refuses_what_ops_cannot_express() -> None:
+    from fuzz._record import Recorder, RecordError
+
+    rig = build_testdev()
+    recorder = Recorder(rig)
+    with pytest.raises(RecordError):
+        rig.machine.mmio.write(0xFEE0_0000, 4, 1)  # not a region of the rig
+    with pytest.raises(RecordError):
+        rig.machine.config_write(0, rig.devfn, 0x100, 4, 1)  # past the 256 bytes a CFG op reaches
+    recorder.close()
+    rig.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_stream_decoding_is_total_and_encode_inverts_it(data: bytes) -> None:
+    from fuzz._stream import MAX_FDS, decode_stream, encode_stream
+
+    selector, chunks = decode_stream(data)
+    assert all(len(c.fds) <= MAX_FDS for c in chunks)
+    assert decode_stream(encode_stream(selector, chunks)) == (selector, chunks)
+
+
+def test_fd_leak_oracle_fires_and_tolerates_known_leaks() -> None:
+    import os
+
+    from fuzz._stream import check_fd_leak, open_fds
+
+    before = open_fds()
+    fd = os.eventfd(0, os.EFD_CLOEXEC)
+    with pytest.raises(Finding) as caught:
+        check_fd_leak(before, "test")
+    assert caught.value.kind == "fd-leak"
+    fd = os.eventfd(0, os.EFD_CLOEXEC)
+    check_fd_leak(before, "test", tolerate=True)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the oracle
+
+
+def test_blocking_op_is_a_hang_by_wall_clock() -> None:
+    import time
+
+    with pytest.raises(Finding) as caught:
+        execute(_rig_with(lambda value: time.sleep(2)), _one_write(1), op_seconds=0.02)
+    assert caught.value.kind == "hang"
+
+
+def test_snapshot_round_trips_are_budgeted() -> None:
+    from fuzz._rig import SNAPSHOT_BUDGET
+
+    calls: list[int] = []
+    factory = _rig_with(lambda value: None)
+
+    class Counting(factory):  # type: ignore[misc, valid-type]
+        def snapshot_roundtrip(self) -> None:
+            calls.append(1)
+
+    execute(Counting, Program(0, tuple(Op(OpKind.SNAPSHOT, ()) for _ in range(3 * SNAPSHOT_BUDGET))))
+    assert len(calls) == SNAPSHOT_BUDGET
+
+
+def test_ring_differential_oracle_fires_when_the_implementations_disagree() -> None:
+    from fuzz._rings import RingRig
+    from virtio.queue.ring import RingC
+
+    rig = RingRig(packed=False)
+    if RingC is None:
+        assert len(rig.sides) == 1  # the reference alone: nothing to compare against
+    else:
+        rig.sides[0].memory.write(0x100, b"\x01")  # one RAM copy drifts
+        with pytest.raises(Finding) as caught:
+            rig.compare("test")
+        assert caught.value.kind == "differential"
+    rig.close()
+
+
+def test_atheris_status_lines_are_parsed() -> None:
+    from fuzz._runner import _STATUS
+
+    match = _STATUS.match("#4096\tpulse  cov: 1350 ft: 3802 corp: 283/271Kb lim: 1642 exec/s: 16 rss: 91Mb")
+    assert match is not None and match.groups() == ("4096", "1350", "3802", "283")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -73,3 +75,36 @@ def test_module_entry_point_in_a_subprocess() -> None:
     finally:
         theirs.close()
         assert proc.wait(60) == 0
+
+
+def test_sigusr1_writes_a_stats_line_and_poll_us_serves() -> None:
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmodels.qemu.mpqemu", "--fd", str(ours.fileno()), "--device", "testdev",
+         "--poll-us", "20"],
+        pass_fds=[ours.fileno()],
+        stderr=subprocess.PIPE,
+    )
+    ours.close()
+    try:
+        proxy = FakeProxy(theirs, timeout=60)
+        assert proxy.config_read(p.PCI_VENDOR_ID, 2) == r.TESTDEV_VENDOR_ID  # handlers are installed by now
+        proc.send_signal(signal.SIGUSR1)
+        assert proxy.config_read(p.PCI_DEVICE_ID, 2) == r.TESTDEV_DEVICE_ID
+    finally:
+        theirs.close()
+        assert proc.wait(60) == 0
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    # the signal arrives after the first read; the handler may run just after the second
+    assert re.search(r"mpqemu stats: messages=[12] refused=0 config_reads=[12] ", err), err
+
+
+def test_negative_poll_window_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        assert main(["--fd", str(ours.fileno()), "--device", "testdev", "--poll-us", "-5"]) == 2
+        assert "--poll-us" in capsys.readouterr().err
+    finally:
+        ours.detach()  # main closed it
+        theirs.close()
