@@ -27,8 +27,13 @@ reports proxied BAR accesses per I/O.
 Output: a table, or with ``--json`` one object with ``ours_iops``, ``peer_iops`` and
 ``ratio`` (4k random read), ``ours_seqread_mbps``/``peer_seqread_mbps``/``seqread_ratio``,
 the same for ``seqwrite``, and ``jobs`` with every job's medians and raw runs.
-``--profile FILE`` runs our server under cProfile. Needs qemu-system-x86_64 and fio on the
-host (fio and its libraries are copied into the guest image).
+Each job row also has ``ours_accesses_per_io`` (proxied BAR accesses per fio I/O) and
+``ours_server_cpu_us_per_io`` (our server's user+system CPU per I/O, from /proc).
+``--profile FILE`` runs our server under cProfile. ``--host`` skips the guest: a libahci-like
+driver in this process drives our server over the same socket protocol (4 KiB NCQ reads at
+QD32, ``--think-us`` of simulated guest time per command) and reports the round trip per
+register. Needs qemu-system-x86_64 and fio on the host (fio and its libraries are copied
+into the guest image).
 """
 
 from __future__ import annotations
