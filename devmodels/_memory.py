@@ -48,6 +48,10 @@ class Access(enum.Flag):
     WRITE = enum.auto()
 
 
+# The accesses that write; a set lookup instead of ``enum.Flag`` arithmetic on the hot path.
+_WRITING = frozenset({Access.WRITE, Access.READ | Access.WRITE})
+
+
 class Translator(Protocol):
     """An IOMMU in front of guest memory: maps an I/O virtual address range to a gpa.
 
@@ -262,7 +266,7 @@ class GuestMemory:
         if region is None:
             raise GuestMemoryError(gpa, length)
         if gpa + length <= region.end:
-            if access & Access.WRITE and region.readonly:
+            if region.readonly and access in _WRITING:
                 raise GuestMemoryError(gpa, length, "region is read-only")
             yield region, gpa - region.base, length
             return
@@ -271,7 +275,7 @@ class GuestMemory:
         while remaining:
             if region is None or region.base > pos:
                 raise GuestMemoryError(gpa, length)
-            if access & Access.WRITE and region.readonly:
+            if region.readonly and access in _WRITING:
                 raise GuestMemoryError(gpa, length, "region is read-only")
             count = min(remaining, region.end - pos)
             pieces.append((region, pos - region.base, count))
@@ -379,7 +383,7 @@ class GuestMemory:
         if self.translate is None:
             region = self._find(gpa) if gpa >= 0 else None
             if region is not None and gpa + size <= region.end:
-                if access & Access.WRITE and region.readonly:
+                if region.readonly and access in _WRITING:
                     raise GuestMemoryError(gpa, size, "region is read-only")
                 return region, gpa - region.base
         pieces = list(self._pieces(gpa, size, access))
