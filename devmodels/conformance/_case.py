@@ -13,7 +13,8 @@ Rules:
    data is in the image file, the responder saw the frames). Guest and host checks together
    decide the row.
 4. ``image_extras`` may add files to the guest image (fio, an ISO); every case's extras go
-   into the one image the run builds, so they must not clash.
+   into the one image the run builds, so they must not clash. A case that needs a very
+   different image (a Python interpreter inside) defines ``own_image()`` instead.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Attachment:
     pass_fds: list[int] = field(default_factory=list)
     shared_memory: bool = False
     append: list[str] = field(default_factory=list)
+    memory_mb: int = 512
 
 
 class Case(Protocol):

@@ -16,6 +16,7 @@ from ._case import Case
 __all__ = ["PROVIDERS", "load_cases", "BrokenProvider"]
 
 PROVIDERS: list[str] = [
+    "devmodels.conformance.cases.vfio_kernel:cases",
     "devmodels.conformance.cases.testdev:cases",
     "devmodels.conformance.cases.vhost_user:cases",
     "devmodels.conformance.cases.e1000:cases",

@@ -31,6 +31,8 @@ def build_case_image(cases: Sequence[Case], progress: bool | None = None):  # ty
 
     builder = ImageBuilder()
     for case in cases:
+        if hasattr(case, "own_image"):
+            continue
         builder.add_test(case.name, case.guest_script)
         case.image_extras(builder)
     return builder.build(progress)
@@ -46,7 +48,8 @@ def run_cases(
     """Run every case (rules 2–3) and return the rows in order."""
     from ..qemu.launcher import QemuLauncher
 
-    image = build_case_image(cases, progress=None)
+    shared = [case for case in cases if not hasattr(case, "own_image")]
+    image = build_case_image(shared, progress=None) if shared else None
     if serial_dir is not None:
         serial_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -57,9 +60,13 @@ def run_cases(
         try:
             with contextlib.ExitStack() as stack:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"devmodels-{case.name}-")))
+                own_image = getattr(case, "own_image", None)
+                case_image = own_image() if own_image is not None else image
+                assert case_image is not None
                 attachment = case.start(stack, workdir)
                 launcher = QemuLauncher.for_image(
-                    image,
+                    case_image,
+                    memory_mb=attachment.memory_mb,
                     args=attachment.qemu_args,
                     append=attachment.append,
                     test=case.name,
