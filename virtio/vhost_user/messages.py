@@ -172,6 +172,24 @@ class MessageReader:
         buf = self._buf
         buf += data
         out: list[Message] = []
+        try:
+            self._frame(buf, out, fds)
+        except ProtocolError:
+            # Messages completed before the bad header never reach the session: their
+            # descriptors are closed here (regression: fuzz/regressions/vhost_user).
+            for message in out:
+                message.close_fds()
+            raise
+        for message in out:
+            if len(message.fds) > VHOST_USER_MAX_FDS:
+                for other in out:
+                    other.close_fds()
+                raise ProtocolError(f"{message.name} carries {len(message.fds)} descriptors", fatal=True)
+        if len(self._fds) > VHOST_USER_MAX_FDS:
+            raise ProtocolError(f"{len(self._fds)} descriptors for one message", fatal=True)
+        return out
+
+    def _frame(self, buf: bytearray, out: list[Message], fds: Sequence[int]) -> None:
         pos = 0
         end = len(buf)
         try:
@@ -193,14 +211,6 @@ class MessageReader:
                     self._fds.extend(fds)
                 else:
                     out[-1].fds.extend(fds)
-        for message in out:
-            if len(message.fds) > VHOST_USER_MAX_FDS:
-                for other in out:
-                    other.close_fds()
-                raise ProtocolError(f"{message.name} carries {len(message.fds)} descriptors", fatal=True)
-        if len(self._fds) > VHOST_USER_MAX_FDS:
-            raise ProtocolError(f"{len(self._fds)} descriptors for one message", fatal=True)
-        return out
 
     def close(self) -> None:
         """Drop any incomplete message and close its descriptors."""

@@ -80,3 +80,24 @@ def _reproducers() -> list[Path]:
 def test_regression_reproducers_replay_clean(path: Path) -> None:
     assert path.parent.name in TARGETS, f"{path} is under a directory that names no target"
     load_executor(path.parent.name)(path.read_bytes(), check_memory=True)
+
+
+def test_regression_vhost_user_feed_fatal_closes_completed_messages_fds() -> None:
+    """A message whose descriptor came with its first bytes completes in the same read as
+    a header the protocol cannot frame past: the completed message never reaches the
+    session, so its descriptor must be closed, not leaked
+    (fuzz/regressions/vhost_user/feed-fatal-leaks-fds)."""
+    from virtio.vhost_user.defs import VHOST_USER_VERSION
+    from virtio.vhost_user.layouts import HEADER
+    from virtio.vhost_user.messages import MessageReader, ProtocolError
+
+    set_owner = HEADER.pack(3, VHOST_USER_VERSION, 0)  # VHOST_USER_SET_OWNER, no payload
+    bad = HEADER.pack(3, VHOST_USER_VERSION, 1 << 30)  # payload size past the protocol's limit
+    fd = os.eventfd(0)
+    reader = MessageReader()
+    assert reader.feed(set_owner[:6], [fd]) == []
+    with pytest.raises(ProtocolError):
+        reader.feed(set_owner[6:] + bad)
+    reader.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
