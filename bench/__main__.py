@@ -7,9 +7,10 @@ the others (as ``devmodels._cli``).
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Sequence
+
+from devmodels._cli import dispatch
 
 __all__ = ["SUBCOMMANDS", "main"]
 
@@ -22,26 +23,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: python -m bench SUBCOMMAND [--json] [ARGS...]", "", "subcommands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, _, text) in SUBCOMMANDS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a benchmark subcommand; return its exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if args else 2
-    entry = SUBCOMMANDS.get(args[0])
-    if entry is None:
-        print(f"bench: unknown subcommand {args[0]!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module, function, _ = entry
-    run = getattr(importlib.import_module(module), function)
-    return int(run(args[1:]) or 0)
+    return dispatch("python -m bench", SUBCOMMANDS, argv)
 
 
 if __name__ == "__main__":

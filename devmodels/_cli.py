@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["SUBCOMMANDS", "main"]
+__all__ = ["SUBCOMMANDS", "dispatch", "main"]
 
 # name: (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -23,23 +23,29 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _usage() -> str:
-    width = max(len(name) for name in SUBCOMMANDS)
-    lines = ["usage: devmodels SUBCOMMAND [ARGS...]", "", "subcommands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, _, text) in SUBCOMMANDS.items()]
+def _usage(prog: str, subcommands: dict[str, tuple[str, str, str]]) -> str:
+    width = max(len(name) for name in subcommands)
+    lines = [f"usage: {prog} SUBCOMMAND [ARGS...]", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, _, text) in subcommands.items()]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; return its exit status."""
+def dispatch(prog: str, subcommands: dict[str, tuple[str, str, str]], argv: Sequence[str] | None = None) -> int:
+    """Run the subcommand ``argv[0]`` of a registry like ``SUBCOMMANDS`` (module imported
+    only when its subcommand runs); return its exit status (2 for bad usage)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage(prog, subcommands))
         return 0 if args else 2
-    entry = SUBCOMMANDS.get(args[0])
+    entry = subcommands.get(args[0])
     if entry is None:
-        print(f"devmodels: unknown subcommand {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"{prog}: unknown subcommand {args[0]!r}\n\n{_usage(prog, subcommands)}", file=sys.stderr)
         return 2
     module, function, _ = entry
     run = getattr(importlib.import_module(module), function)
     return int(run(args[1:]) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; return its exit status."""
+    return dispatch("devmodels", SUBCOMMANDS, argv)
