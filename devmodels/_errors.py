@@ -85,8 +85,10 @@ class SnapshotError(UsageError):
 
     Attributes:
         field: the dotted name of the offending field.
+        reason: what is wrong with it.
     """
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
+        self.reason = reason
         super().__init__(f"snapshot field {field!r}: {reason}")

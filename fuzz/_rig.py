@@ -21,7 +21,6 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,64 +28,11 @@ from devmodels import Bus, Machine, from_dict, to_dict
 from devmodels.pci import PciFunction
 
 __all__ = [
-    "Rig", "PciRig", "Finding", "TargetFactory", "RAM_SIZE", "SNAPSHOT_BUDGET", "STRICT", "plain_state",
-    "unrestorable_queue",
+    "Rig", "PciRig", "Finding", "TargetFactory", "RAM_SIZE", "SNAPSHOT_BUDGET",
 ]
 
 RAM_SIZE = 1 << 20  # small RAM: more random addresses land in it
 SNAPSHOT_BUDGET = 4
-
-STRICT = os.environ.get("DEVMODELS_FUZZ_STRICT") == "1"
-"""Turn off the harness's workarounds for findings routed to other owners.
-
-A finding in code the campaign may not fix would stop every atheris run at its first
-occurrence. Each workaround names its reproducer under ``fuzz/regressions/``; with
-``DEVMODELS_FUZZ_STRICT=1`` the reproducers fire again (``python -m fuzz repro``)."""
-
-
-def unrestorable_queue(state: Any) -> bool:
-    """Whether ``state`` holds a virtqueue in a shape ``Virtqueue.restore`` refuses although
-    ``Virtqueue.state`` produced it: a size outside 1..max_size (the size setter accepts
-    0..65535), or a packed ring whose positions lie past a size set after they advanced
-    (routed: ``fuzz/regressions/virtio_split/queue-size-zero-snapshot`` and
-    ``fuzz/regressions/virtio_packed/size-below-positions-snapshot``). Always ``False``
-    when ``STRICT``."""
-    if STRICT:
-        return False
-
-    def bad(node: Any) -> bool:
-        if isinstance(node, dict):
-            if {"packed", "size", "max_size", "next_avail", "next_used"} <= node.keys():
-                size = node["size"]
-                if not 1 <= size <= node["max_size"]:
-                    return True
-                if node["packed"] and max(node["next_avail"], node["next_used"]) >= size:
-                    return True
-            return any(bad(v) for v in node.values())
-        if isinstance(node, list):
-            return any(bad(v) for v in node)
-        return False
-
-    return bad(to_dict(state))
-
-
-def plain_state(state: Any) -> Any:
-    """``to_dict(state)``, with every virtqueue ``broken`` reason reduced to broken-or-not
-    unless ``STRICT``: ``Virtqueue.restore`` re-words the reason it restores (routed:
-    ``fuzz/regressions/virtio_split/broken-reason-rewritten``)."""
-    data = to_dict(state)
-    if STRICT:
-        return data
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: (v is not None if k == "broken" and isinstance(v, (str, type(None))) else walk(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(data)
-
 
 class Finding(Exception):
     """An oracle fired: the input exposes a bug."""

@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Protocol
 import construct as cs
 
 from devmodels import GuestError, GuestMemory, UsageError
-from devmodels._state import check_bool, check_bytes, check_int, check_type, check_version
+from devmodels._state import check_bool, check_bytes, check_int, check_type, check_version, from_dict
 from devmodels._trace import tracepoint
 from devmodels._errors import SnapshotError
 
@@ -153,9 +153,9 @@ class VirtioDeviceState:
     """Snapshot of the transport-neutral part of a virtio device (STYLE 8).
 
     ``queues`` holds each queue's own state (``Virtqueue.state()``); ``device`` is the
-    subclass's section (``None`` when it has none). ``devmodels.to_dict``/``from_dict``
-    carry it as plain data; a subclass whose section is a dataclass rebuilds it in
-    ``check_device_state``/``restore_device_state`` if it arrives as a dict.
+    subclass's section (``None`` when it has none). Its type depends on the device, so
+    ``devmodels.from_dict`` leaves it as the plain dict ``to_dict`` made of it;
+    ``VirtioDevice.restore`` rebuilds it as the device's ``device_state_type``.
     """
 
     version: int
@@ -204,6 +204,10 @@ class VirtioDevice:
 
     config_layout: ClassVar[cs.Construct | None] = None
     """Optional ``construct`` layout of the configuration bytes (for ``config_fields``)."""
+
+    device_state_type: ClassVar[type | None] = None
+    """The dataclass ``device_state`` returns, if any: ``restore`` rebuilds a section that
+    arrives as a plain dict (``from_dict`` of a whole ``VirtioDeviceState``) as this type."""
 
     def __init__(
         self,
@@ -703,6 +707,12 @@ class VirtioDevice:
     def restore_device_state(self, state: Any) -> None:
         """Apply a validated subclass section (override)."""
 
+    def _typed_device_section(self, section: Any) -> Any:
+        kind = self.device_state_type
+        if kind is not None and isinstance(section, dict):
+            return from_dict(kind, section, "device")
+        return section
+
     def state(self) -> VirtioDeviceState:
         """Snapshot of the device (plain data, STYLE 8)."""
         return VirtioDeviceState(
@@ -764,8 +774,9 @@ class VirtioDevice:
             try:
                 queue.restore(queue_state)
             except SnapshotError as exc:
-                raise SnapshotError(f"queues[{i}].{exc.field}", str(exc)) from None
-        self.check_device_state(state.device)
+                raise SnapshotError(f"queues[{i}].{exc.field}", exc.reason) from None
+        section = self._typed_device_section(state.device)
+        self.check_device_state(section)
         # Everything validated: apply.
         self.status = state.status
         self.features.driver = state.driver_features
@@ -782,7 +793,7 @@ class VirtioDevice:
         self._epochs = list(state.epochs)
         self.pending.clear()
         self.error = GuestError("DEVICE_NEEDS_RESET restored from a snapshot") if self.broken else None
-        self.restore_device_state(state.device)
+        self.restore_device_state(section)
 
     def __repr__(self) -> str:
         return f"<{self.name} id={self.device_id} status={status_names(self.status)}>"

@@ -8,7 +8,8 @@ Rules (``devmodels._state``):
    only after it passed, so a rejected snapshot changes nothing.
 3. The quiesce point: a snapshot holds no command in flight (``AhciController.state``
    refuses while ``busy``). So PxCMD.CR equals PxCMD.ST, no queued command is outstanding,
-   and a port's PxCI/PxSACT bits are only those a halted port keeps for software.
+   and a port's PxCI/PxSACT bits are only those a halted port keeps for software or
+   those issued while the link is not up (they start when it comes up).
 4. Drives are host objects: a snapshot records their settings, not their media. Restoring
    needs the same kind of drive on each port, the same disk size, and an ATAPI medium
    present exactly when it was.
@@ -221,7 +222,10 @@ def _check_port(field: str, port: AhciPort, s: PortState) -> None:
         raise SnapshotError(f"{field}.PxCMD", "CR/FR disagree with ST/FRE at a quiesce point")
     if not cmd & r.PxCMD_ST and (values[r.PxCI] or values[r.PxSACT]):
         raise SnapshotError(f"{field}.PxCI", "commands issued while PxCMD.ST is clear")
-    if cmd & r.PxCMD_ST and values[r.PxCI] and not s.halted:
+    if cmd & r.PxCMD_ST and values[r.PxCI] and not s.halted and link == LinkState.UP:
+        # Rule 3: a running port with the link up starts what is issued at once; without
+        # a link (no spin-up yet, COMRESET held) the commands wait for it, and so will
+        # the restored port.
         raise SnapshotError(f"{field}.PxCI", "issued commands on a running port at a quiesce point")
     ata, atapi = s.ata, s.atapi
     drive = port.drive

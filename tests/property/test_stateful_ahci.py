@@ -20,7 +20,6 @@ from devmodels.ahci import AhciController, AhciState, AtaDisk
 from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
 from devmodels.backends import MemoryDiskBackend
-from fuzz._rig import STRICT
 
 SECTORS = 256
 DISK = SECTORS * 512
@@ -144,10 +143,6 @@ class AhciModel(RuleBasedStateMachine):
     def snapshot(self) -> None:
         self.hba.poll()
         if self.hba.busy or self.hba.resetting:
-            return
-        # restore() refuses what state() takes of a running port with a command issued but
-        # not started (routed: fuzz/regressions/ahci/snapshot-pxci-issued).
-        if not STRICT and self.driver.preg(0, r.PxCI):
             return
         before = self.hba.state()
         rebuilt = from_dict(AhciState, to_dict(before))

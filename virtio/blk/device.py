@@ -128,6 +128,7 @@ class VirtioBlkDevice(VirtioDevice):
 
     device_id = VIRTIO_ID_BLOCK
     config_layout = virtio_blk_config
+    device_state_type = VirtioBlkState
 
     def __init__(
         self,

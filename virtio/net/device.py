@@ -162,6 +162,7 @@ class VirtioNetDevice(VirtioDevice):
 
     device_id = VIRTIO_ID_NET
     config_layout = virtio_net_config
+    device_state_type = VirtioNetState
     vhost_user_config = False
     """Over vhost-user, QEMU's virtio-net keeps the configuration space itself."""
 

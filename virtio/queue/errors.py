@@ -267,9 +267,21 @@ class InOrderError(VirtqueueError):
 
 
 class RestoredBrokenError(VirtqueueError):
-    """The queue was already broken when its snapshot was taken."""
+    """The queue was already broken when its snapshot was taken.
+
+    ``str()`` is the original reason word for word (the snapshot keeps only its text), so
+    a restored queue's ``state()`` equals the snapshot it came from; ``restored`` tells
+    this apart from a live violation.
+
+    Attributes:
+        reason: the broken reason recorded in the snapshot.
+    """
 
     section = "2.6"
+    restored = True
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"broken before the snapshot: {reason}")
+        self.reason = reason
+        self.index = None
+        self.gpa = None
+        GuestError.__init__(self, reason)

@@ -10,7 +10,10 @@ Rules:
 2. The transport sets ``size``, the three area addresses, ``ready`` and the feature flags
    (``event_idx``, ``in_order``, ``indirect``; or ``set_features``). Guest values that
    break the ring rules (a size that is not a power of two, a misaligned address) are
-   accepted here and break the queue on first use (§2.7.1, §2.8.11).
+   accepted here and break the queue on first use (§2.7.1, §2.8.11). One exception:
+   resizing a packed ring that holds buffers breaks it at once, because the in-flight
+   table belongs to the old size; so a packed queue that is not broken and holds buffers
+   always has the size they were taken under.
 3. No guest-controlled value raises out of ``pop_batch``/``push_batch``/notification
    calls: a violation leaves the queue ``broken`` with the ``VirtqueueError`` in
    ``broken_reason`` (a ``virtio.queue.broken`` trace event marks the moment) until
@@ -18,7 +21,10 @@ Rules:
    every later call does nothing.
 4. ``state()``/``restore()`` follow ``devmodels._state``: plain frozen data; ``restore``
    validates everything (indices, in-flight ids and their consistency) before applying,
-   and works mid-flight. Chains popped before a ``reset``/``restore`` cannot be pushed
+   and works mid-flight. It accepts every state ``state()`` can produce, including the
+   shapes rule 2 lets a guest leave behind (a size of 0, positions past a shrunken
+   size), because a VMM must be able to snapshot whatever a guest did: the restored
+   queue then breaks on first use exactly as the original would. Chains popped before a ``reset``/``restore`` cannot be pushed
    afterwards (``UsageError``); push their head ids instead if the device kept them.
 """
 
@@ -36,7 +42,7 @@ from devmodels._trace import tracepoint
 from ..defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
 from . import ring as _ring
 from .defs import VIRTQ_MAX_SIZE
-from .errors import RestoredBrokenError
+from .errors import QueueSizeError, RestoredBrokenError
 
 __all__ = ["Virtqueue", "VirtqueueState"]
 
@@ -159,7 +165,13 @@ class Virtqueue:
 
     @size.setter
     def size(self, value: int) -> None:
-        self._ring.size = _field("size", value, 0xFFFF)
+        value = _field("size", value, 0xFFFF)
+        ring = self._ring
+        if ring.packed and value != ring.size and ring.inflight_ids and ring.broken is None:
+            # Rule 2: the in-flight table is indexed by buffer ids of the old size.
+            ring.broken = QueueSizeError(value, int(ring.max_size), True, "queue size changed with buffers in flight")
+            self._trace_broken("size")
+        ring.size = value
 
     @property
     def desc_addr(self) -> int:
@@ -400,18 +412,19 @@ class Virtqueue:
             raise SnapshotError("packed", f"this queue is {'packed' if self.packed else 'split'}")
         if check_int("max_size", state.max_size) != self.max_size:
             raise SnapshotError("max_size", f"this queue's maximum is {self.max_size}")
-        size = check_int("size", state.size, 1, self.max_size)
+        size = check_int("size", state.size, 0, 0xFFFF)  # rule 2: whatever the setter took
         for field in ("desc_addr", "driver_addr", "device_addr"):
             check_int(field, getattr(state, field), 0, _U64)
         for field in ("ready", "event_idx", "in_order", "indirect", "notify", "avail_wrap", "used_wrap"):
             check_bool(field, getattr(state, field))
         check_type("inflight", state.inflight, tuple)
-        if state.broken is not None:
+        broken = state.broken is not None
+        if broken:
             check_type("broken", state.broken, str)
         if state.packed:
-            self._check_packed_state(state, size)
+            table = self._check_packed_state(state, size, broken)
         else:
-            self._check_split_state(state, size)
+            self._check_split_state(state, size, self.max_size)
         # Everything validated: apply.
         ring = self._ring
         ring.reset()
@@ -430,36 +443,55 @@ class Virtqueue:
         ring.used_wrap = state.used_wrap
         ring.in_order_next = state.in_order_next
         if state.packed:
-            ring.set_inflight(size, state.inflight)
+            ring.set_inflight(table, state.inflight)
         ring.broken = None if state.broken is None else RestoredBrokenError(state.broken)
 
     @staticmethod
-    def _check_split_state(state: VirtqueueState, size: int) -> None:
+    def _check_split_state(state: VirtqueueState, size: int, max_size: int) -> None:
         next_avail = check_int("next_avail", state.next_avail, 0, 0xFFFF)
         next_used = check_int("next_used", state.next_used, 0, 0xFFFF)
-        if (next_avail - next_used) & 0xFFFF > size:
-            raise SnapshotError("next_avail", f"{next_avail} is more than the size {size} ahead of next_used {next_used}")
+        # Chains were popped under a valid size (at most the maximum); the size may have
+        # shrunk since (rule 2).
+        if (next_avail - next_used) & 0xFFFF > max_size:
+            raise SnapshotError("next_avail", f"{next_avail} is more than {max_size} ahead of next_used {next_used}")
         if not (state.avail_wrap and state.used_wrap):
             raise SnapshotError("avail_wrap", "split rings have no wrap counters (must stay True)")
-        check_int("in_order_next", state.in_order_next, 0, size - 1)
+        check_int("in_order_next", state.in_order_next, 0, max_size - 1)
         if state.inflight:
             raise SnapshotError("inflight", "split rings keep no in-flight table")
 
-    @staticmethod
-    def _check_packed_state(state: VirtqueueState, size: int) -> None:
-        next_avail = check_int("next_avail", state.next_avail, 0, size - 1)
-        next_used = check_int("next_used", state.next_used, 0, size - 1)
+    def _check_packed_state(self, state: VirtqueueState, size: int, broken: bool) -> int:
+        """Validate the packed progress fields; return the in-flight table size to restore."""
+        max_size = self.max_size
+        # Positions advance modulo a size that was valid when they moved (rule 2).
+        next_avail = check_int("next_avail", state.next_avail, 0, max_size - 1)
+        next_used = check_int("next_used", state.next_used, 0, max_size - 1)
         check_int("in_order_next", state.in_order_next, 0, 0)
+        if not state.inflight and not broken:
+            # Everything taken was returned: both positions and laps agree, whatever the
+            # size became since; the ring re-sizes its empty table on first use.
+            if (next_avail, state.avail_wrap) != (next_used, state.used_wrap):
+                raise SnapshotError("inflight", "nothing in flight but the available and used positions differ")
+            return 0
+        # A broken queue is never read again (until reset), and may have broken because
+        # the size changed under its buffers: check only what keeps the table in bounds.
+        table = max_size if broken else size
+        if not broken and not 1 <= size <= max_size:
+            raise SnapshotError("size", f"{size} cannot hold buffers in flight (maximum {max_size})")
         seen: set[int] = set()
         total = 0
         for i, pair in enumerate(state.inflight):
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise SnapshotError(f"inflight[{i}]", "expected a (buffer id, descriptors) pair")
-            buffer_id = check_int(f"inflight[{i}][0]", pair[0], 0, size - 1)
-            total += check_int(f"inflight[{i}][1]", pair[1], 1, size)
+            buffer_id = check_int(f"inflight[{i}][0]", pair[0], 0, table - 1)
+            total += check_int(f"inflight[{i}][1]", pair[1], 1, table)
             if buffer_id in seen:
                 raise SnapshotError(f"inflight[{i}][0]", f"buffer id {buffer_id} listed twice")
             seen.add(buffer_id)
+        if broken:
+            return table
+        check_int("next_avail", next_avail, 0, size - 1)
+        check_int("next_used", next_used, 0, size - 1)
         # The descriptors between the used and available positions are exactly those of
         # the buffers in flight: positions count modulo 2 * size with the lap parity.
         avail = next_avail + (0 if state.avail_wrap else size)
@@ -467,6 +499,7 @@ class Virtqueue:
         span = (avail - used) % (2 * size)
         if span != total or total > size:
             raise SnapshotError("inflight", f"{total} descriptors in flight but the positions span {span}")
+        return table
 
 
 def _is_int(value: object) -> bool:
