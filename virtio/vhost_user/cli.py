@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     blk.add_argument("--queues", type=int, default=1, help="request queues (default 1)")
     blk.add_argument("--queue-size", type=int, default=256, help="maximum queue size (default 256)")
     blk.add_argument("--workers", type=int, default=4, help="I/O threads (default 4)")
+    blk.add_argument("--no-inline-reads", action="store_true",
+                     help="send page-cache hits to the I/O threads too (RawFileBackend rule 5)")
     blk.add_argument("--serial", default="devmodels", help="GET_ID string (at most 20 bytes)")
     blk.add_argument("--no-packed", action="store_true", help="do not offer VIRTIO_F_RING_PACKED")
     net = sub.add_parser("net", help="virtio-net over a TAP device or a UNIX socket")
@@ -98,7 +100,8 @@ def main(argv: Sequence[str] = ()) -> int:
 
                 from ..blk import VirtioBlkDevice
 
-                backend = RawFileBackend(args.image, readonly=args.readonly, direct=args.direct, workers=args.workers)
+                backend = RawFileBackend(args.image, readonly=args.readonly, direct=args.direct, workers=args.workers,
+                                         inline_reads=not args.no_inline_reads)
                 stack.callback(backend.close)
                 device: Any = VirtioBlkDevice(
                     GuestMemory(), backend, num_queues=args.queues, queue_size=args.queue_size,

@@ -16,6 +16,17 @@ Rules:
    punches a hole (``FALLOC_FL_PUNCH_HOLE | KEEP_SIZE``); a filesystem that refuses makes
    it UNSUPPORTED from then on. WRITE_ZEROES punches when ``unmap`` allows, else uses
    ``FALLOC_FL_ZERO_RANGE``, else writes zeros in ``BOUNCE_SIZE`` chunks.
+5. Inline reads (``inline_reads``, buffered images only): a READ of at most
+   ``INLINE_READ_MAX`` bytes is first tried on the caller's thread with
+   ``preadv(..., RWF_NOWAIT)``, which copies from the host page cache or fails with
+   EAGAIN but never waits for the disk. A 4 KiB cached read takes microseconds; handing
+   it to a worker and its completion back (a condition variable, the GIL twice, the
+   notify hook, a loop wake-up) costs tens. The completion is handed out as a rejected
+   request's is (executor rule 4). Any read the kernel does not satisfy whole at once
+   (EAGAIN, short, an error, guest memory that is not RAM) goes to the workers
+   unchanged, which own its outcome; a retried read rewrites the same guest bytes, so a
+   partial inline attempt leaves no trace. Larger reads stay on the workers: their copy
+   pays for the hand-off, and workers copy in parallel while the caller goes on.
 """
 
 from __future__ import annotations
@@ -44,9 +55,11 @@ from ._common import (
 )
 from ._executor import BlockExecutor
 
-__all__ = ["RawFileBackend", "BOUNCE_SIZE"]
+__all__ = ["RawFileBackend", "BOUNCE_SIZE", "INLINE_READ_MAX"]
 
 BOUNCE_SIZE = 1 << 20
+INLINE_READ_MAX = 64 * 1024
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux 4.14+
 _DIO_ALIGN = 512
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -110,6 +123,12 @@ class RawFileBackend:
         workers: I/O threads.
         queue_depth: most requests in flight before ``submit`` waits.
         logical_block_size: the device sector size offsets and lengths must be multiples of.
+        inline_reads: try small reads from the page cache on the caller's thread (rule 5);
+            off with ``direct`` or where the platform has no ``RWF_NOWAIT``.
+
+    Attributes:
+        inline_reads: reads completed inline (rule 5).
+        delegated_reads: reads small enough to try inline that went to the workers.
 
     Raises:
         UsageError: a bad argument.
@@ -126,8 +145,12 @@ class RawFileBackend:
         workers: int = 4,
         queue_depth: int = 1024,
         logical_block_size: int = 512,
+        inline_reads: bool = True,
     ) -> None:
         self._block_size = check_block_size(logical_block_size)
+        self._inline = bool(inline_reads) and not direct and bool(_RWF_NOWAIT)
+        self.inline_reads = 0
+        self.delegated_reads = 0
         self._readonly = bool(readonly)
         self._direct = bool(direct)
         flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
@@ -188,8 +211,13 @@ class RawFileBackend:
 
     @property
     def in_flight(self) -> int:
-        """Requests submitted and not yet completed."""
+        """Requests submitted and not yet completed (on the workers)."""
         return self._executor.in_flight
+
+    @property
+    def reads_inline(self) -> bool:
+        """Small reads are tried from the page cache on the caller's thread (rule 5)."""
+        return self._inline
 
     # -- BlockBackend methods -------------------------------------------------------------
 
@@ -210,8 +238,29 @@ class RawFileBackend:
             if _tp_error.on:
                 _tp_error.emit(op=request.op.value, error=rejected.error)
             self._executor.complete_now(rejected)
-        else:
-            self._executor.submit(request, memory)
+            return
+        if request.op is BlockOp.READ and self._inline and request.length <= INLINE_READ_MAX:
+            if self._read_now(request, memory):
+                self.inline_reads += 1
+                self._executor.complete_now(BlockCompletion(request.tag, BlockStatus.OK, request.length))
+                return
+            self.delegated_reads += 1
+        self._executor.submit(request, memory)
+
+    def _read_now(self, request: BlockRequest, memory: GuestMemory) -> bool:
+        """Rule 5: the whole read from the page cache now, or ``False`` (nothing decided)."""
+        try:
+            views = memory.views(request.segments, Access.WRITE)
+        except GuestMemoryError:
+            return False
+        try:
+            done = os.preadv(self._fd, views, request.offset, _RWF_NOWAIT)
+        except OSError:
+            return False  # EAGAIN (not cached), or an error the worker will report
+        finally:
+            for view in views:
+                view.release()
+        return done == request.length
 
     def completions(self) -> list[BlockCompletion]:
         """Every completion ready now (non-blocking); each is returned once."""
@@ -245,7 +294,10 @@ class RawFileBackend:
 
     def __repr__(self) -> str:
         mode = "ro" if self._readonly else "rw"
-        return f"RawFileBackend({self._path!r}, {mode}, capacity={self._capacity:#x}, direct={self._direct})"
+        return (
+            f"RawFileBackend({self._path!r}, {mode}, capacity={self._capacity:#x}, direct={self._direct}, "
+            f"inline_reads={self.inline_reads}, delegated_reads={self.delegated_reads})"
+        )
 
     # -- execution (worker threads) -------------------------------------------------------
 

@@ -243,10 +243,10 @@ class PolledBlockDevice(ServedDevice):
             self._poll()
 
     def counters(self) -> dict[str, int]:
-        """Reads served inline and handed to workers (``nowait.NowaitReads``)."""
+        """Reads served inline and handed to workers (``RawFileBackend`` rule 5)."""
         return {
-            "inline_reads": sum(getattr(b, "inline", 0) for b in self.backends),
-            "delegated_reads": sum(getattr(b, "delegated", 0) for b in self.backends),
+            "inline_reads": sum(getattr(b, "inline_reads", 0) for b in self.backends),
+            "delegated_reads": sum(getattr(b, "delegated_reads", 0) for b in self.backends),
         }
 
     def close(self) -> None:
@@ -279,26 +279,19 @@ def _e1000(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
 def _ahci(memory: GuestMemory, options: DeviceOptions) -> ServedDevice:
     from ...ahci import AhciController, AtaDisk, AtapiCdrom
     from ...backends.block import RawFileBackend
-    from .nowait import NowaitReads
 
     ports = int(options.opts.get("ports", max(1, len(options.backends))))
     direct = options.flag("direct", False)  # O_DIRECT images (QEMU's cache=none)
     workers = int(options.opts.get("workers", 4))
-    # Page-cache hits read on the loop's thread (buffered images only; see nowait.py).
-    inline = options.flag("inline-reads", True) and not direct and NowaitReads.available()
+    # Page-cache hits read on the loop's thread (buffered images only; RawFileBackend rule 5).
+    inline = options.flag("inline-reads", True)
     controller = AhciController(memory, ports=ports, posted_writes=options.flag("posted", True))
     backends: list[Any] = []
     for port, spec in enumerate(options.backends):
         kind, _, path = spec.partition(":")
         if kind not in ("file", "file-ro", "iso"):
             raise UsageError(f"AHCI backend {spec!r}: use file:PATH, file-ro:PATH or iso:PATH")
-        backend: Any = RawFileBackend(path, readonly=kind != "file", direct=direct, workers=workers)
-        if inline:
-            try:
-                backend = NowaitReads(backend, path)
-            except BaseException:
-                backend.close()
-                raise
+        backend = RawFileBackend(path, readonly=kind != "file", direct=direct, workers=workers, inline_reads=inline)
         backends.append(backend)
         controller.attach(port, AtapiCdrom(backend) if kind == "iso" else AtaDisk(backend))
     return PolledBlockDevice(controller, backends)

@@ -138,7 +138,7 @@ def test_short_transfers_are_continued(image, memory, monkeypatch):
     monkeypatch.setattr(os, "pwritev", dribble(real_pwritev))
     data = os.urandom(4096)
     memory.write(0, data)
-    with RawFileBackend(image) as b:
+    with RawFileBackend(image, inline_reads=False) as b:  # the workers' continuation loop
         assert one(b, memory, BlockRequest(BlockOp.WRITE, 512, 4096, [(0, 1000), (1000, 3096)])).status is BlockStatus.OK
         c = one(b, memory, BlockRequest(BlockOp.READ, 512, 4096, [(0x8000, 333), (0x9000, 3763)]))
         assert (c.status, c.transferred) == (BlockStatus.OK, 4096)
@@ -291,7 +291,7 @@ def test_notify_called_from_worker(image, memory):
         threads.append(threading.current_thread().name)
         ready.set()
 
-    with RawFileBackend(image) as b:
+    with RawFileBackend(image, inline_reads=False) as b:  # inline reads notify on the caller's thread
         b.set_notify(hook)
         b.submit(BlockRequest(BlockOp.READ, 0, 512, [(0, 512)], tag=1), memory)
         assert ready.wait(30)
