@@ -558,7 +558,11 @@ class VirtioDevice:
             if _tp_queue_ignored.on:
                 _tp_queue_ignored.emit(device=self.name, queue=index, what="size", reason=f"invalid size {value}")
             return
+        was_broken = queue.broken
         queue.size = value
+        if queue.broken and not was_broken:
+            # A packed ring resized under buffers it still holds (Virtqueue rule 2).
+            self._queue_broke(index)
 
     def write_queue_address(self, index: int, area: int, half: int, value: int) -> None:
         """Write the low (``half=0``) or high (``half=1``) 32 bits of a queue area address."""

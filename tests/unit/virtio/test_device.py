@@ -618,3 +618,41 @@ def test_restore_rejects_inconsistent_snapshots(dev: ToyDevice, change: dict[str
     with pytest.raises(SnapshotError):
         dev.restore(dataclasses.replace(before, **change))
     assert dev.state() == before
+
+
+class HoldingDevice(VirtioDevice):
+    """Real packed-capable queues; ``handle_queue`` keeps every chain (a slow backend)."""
+
+    device_id = 2
+
+    def __init__(self, memory: GuestMemory) -> None:
+        super().__init__(memory, features=bit(VIRTIO_F_RING_RESET) | bit(VIRTIO_F_RING_PACKED), queue_sizes=[8])
+        self.held: list[Any] = []
+
+    def handle_queue(self, index: int, chains: list[Any]) -> None:
+        self.held.extend(chains)
+
+
+def test_resizing_a_stopped_packed_queue_with_buffers_in_flight_needs_reset(memory: GuestMemory) -> None:
+    """Virtqueue rule 2: the in-flight table belongs to the old size, so the queue breaks at
+    the size write, and the device enters DEVICE_NEEDS_RESET then (§2.1.2), not never."""
+    from virtio.testing import PackedDriver
+
+    device = HoldingDevice(memory)
+    device.attach(RecordingTransport())
+    negotiate(device, V1 | bit(VIRTIO_F_RING_RESET) | bit(VIRTIO_F_RING_PACKED))
+    driver = PackedDriver(memory, 8, base=0x1000, data_base=0x4000, data_size=0x1000)
+    device.set_queue_size(0, 8)
+    for area, gpa in ((QueueArea.DESC, driver.layout.desc_addr), (QueueArea.DRIVER, driver.layout.driver_addr),
+                      (QueueArea.DEVICE, driver.layout.device_addr)):
+        device.write_queue_address(0, area, 0, gpa)
+    device.set_queue_ready(0, True)
+    device.write_status(ADFO)
+    driver.add([b"request"], [16])
+    driver.kick()
+    device.notify_queue(0)
+    assert len(device.held) == 1 and not device.status & DEVICE_NEEDS_RESET
+    device.set_queue_ready(0, False)  # MMIO QueueReady = 0 (RING_RESET lets it be reprogrammed)
+    device.set_queue_size(0, 4)
+    assert device.status & DEVICE_NEEDS_RESET and transport(device).config == 1
+    assert "in flight" in str(device.error)
