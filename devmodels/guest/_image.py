@@ -11,6 +11,9 @@ Rules:
 3. A finished image directory appears atomically (written under a temporary name, then
    renamed), and holds ``vmlinuz``, ``initramfs.cpio.gz`` and ``image.json``.
 4. Everything slow (download, unpack, depmod, compress) happens only on a cache miss.
+5. The cache stays bounded: a hit marks its image used, and storing a new one prunes the
+   least recently used beyond ``keep_images`` (``_prune`` has the rules that make this
+   safe beside other processes using the cache).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ._init import BUILTIN_TESTS, MODULE_LIST, TEST_SCRIPT, TESTS_DIR, render_in
 from ._kernel import KernelSource, debian_kernel, user_kernel
 from ._modules import ModuleClosure, ModuleIndex, read_module, strip_compression
 from ._progress import Progress
+from ._prune import KEEP_IMAGES, mark_used, prune_images
 from ._tools import require_tool
 
 __all__ = [
@@ -194,6 +198,7 @@ class ImageBuilder:
         optional_modules: module names to load when present.
         cache_dir: defaults to ``default_cache_dir()``.
         busybox: a statically linked busybox (default: ``busybox`` on PATH).
+        keep_images: images kept when a new one is stored (rule 5); ``None`` never prunes.
 
     Raises:
         UsageError: ``kernel`` without ``modules_dir`` or the reverse.
@@ -210,9 +215,13 @@ class ImageBuilder:
         optional_modules: Iterable[str] = DEFAULT_OPTIONAL_MODULES,
         cache_dir: Path | None = None,
         busybox: Path | None = None,
+        keep_images: int | None = KEEP_IMAGES,
     ) -> None:
         if (kernel is None) != (modules_dir is None):
             raise UsageError("give both kernel and modules_dir, or neither")
+        if keep_images is not None and (not isinstance(keep_images, int) or keep_images < 0):
+            raise UsageError(f"keep_images must be a non-negative integer or None, got {keep_images!r}")
+        self.keep_images = keep_images
         self._kernel_args = (kernel, modules_dir, kernel_version, kernel_package)
         self.modules = tuple(modules)
         self.optional_modules = tuple(optional_modules)
@@ -353,6 +362,7 @@ class ImageBuilder:
         image_dir = self.cache_dir / "images" / key[:32]
         cached = GuestImage.load(image_dir)
         if cached is not None:
+            mark_used(image_dir)
             bar.finish(f"cached image {key[:12]}")
             return cached
         source = self.kernel_source().materialize(bar.step)
@@ -391,7 +401,10 @@ class ImageBuilder:
         finally:
             if work.exists():
                 shutil.rmtree(work, ignore_errors=True)
-        bar.finish(f"built image {key[:12]} ({image.initrd.stat().st_size // 1024} KiB initramfs)")
+        size = image.initrd.stat().st_size // 1024
+        pruned = prune_images(image_dir.parent, keep=self.keep_images) if self.keep_images is not None else []
+        note = f", pruned {len(pruned)} unused" if pruned else ""
+        bar.finish(f"built image {key[:12]} ({size} KiB initramfs{note})")
         return image
 
 
