@@ -4,8 +4,9 @@
 busybox initramfs whose ``/init`` loads the driver modules (e1000, AHCI, virtio, VFIO) with
 ``insmod``, runs one test script and powers off. Results come back on the serial console as
 ``DEVMODELS-CHECK <name> <PASS|FAIL> [detail]`` lines and a final ``DEVMODELS-DONE``
-(``parse_checks`` reads them). Images are cached by content under ``default_cache_dir()``; the cache keeps the 16 most
-recently used images (older ones go once unused for an hour, ``ImageBuilder(keep_images=...)``).
+(``parse_checks`` reads them). Images are cached by content under ``default_cache_dir()``;
+the cache keeps the 16 most recently used images (older ones go once unused for an hour;
+``ImageBuilder(keep_images=...)``).
 """
 
 from ._binaries import ldd_closure
