@@ -11,9 +11,10 @@ Rules:
 3. Data moves zero-copy between the backing store and guest RAM: the request carries
    ``(gpa, length)`` segments and the backend takes ``memory.views(...)`` for the duration
    of the I/O only. The VMM must ``drain()`` before it removes guest RAM regions.
-4. ``notify`` (optional) is called from the backend's worker thread when completions are
-   ready, so a VMM loop can wake (write an eventfd, set a threading.Event); it must not
-   call into the device.
+4. ``notify`` (optional) is called when completions become ready, so a VMM loop can wake
+   (write an eventfd, set a threading.Event): from a worker thread, or from inside
+   ``submit`` for a request completed at once (rejected, or a page-cache read served
+   inline). Either way it must not call into the device.
 5. A short read past the end of the backing file is an ``IO_ERROR``, never garbage; FLUSH
    completes only after every write completed before it is durable (fdatasync).
 """
