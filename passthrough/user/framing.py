@@ -7,8 +7,10 @@ Rules (vfio-user.rst "Header", "Message sizes"):
 2. Receiving is bounded: a payload larger than ``max_payload`` or a ``msg_size`` below 16
    loses the framing, so it raises ``VfioUserFramingError`` (carrying the header, so the
    server can still send an error reply before it drops the connection). At most
-   ``max_fds`` descriptors are accepted per message; any excess is closed by the kernel and
-   the message is marked ``fds_truncated``.
+   ``max_fds`` descriptors are accepted per message, however many reads it takes (a peer
+   sending a message a byte at a time, each byte with descriptors, would otherwise fill
+   the process's descriptor table); any excess is closed (by the kernel, or here at once)
+   and the message is marked ``fds_truncated``.
 3. Every received descriptor is owned by the returned ``Message``; whoever consumes the
    message keeps the fds it uses and closes the rest (``Message.close_fds``). Received
    descriptors are close-on-exec.
@@ -170,8 +172,7 @@ class MessageSocket:
             head = bytearray()
             while len(head) < HEADER_SIZE:
                 chunk, more, cut = self._recv_some(HEADER_SIZE - len(head))
-                fds += more
-                truncated |= cut
+                truncated |= self._keep_fds(fds, more) | cut
                 if not chunk:
                     if not head and not fds:
                         return None
@@ -191,8 +192,7 @@ class MessageSocket:
             pos = 0
             while pos < length:
                 count, more, cut = self._recv_into(view[pos:])
-                fds += more
-                truncated |= cut
+                truncated |= self._keep_fds(fds, more) | cut
                 if count == 0:
                     raise VfioUserDisconnectedError("vfio-user peer closed the connection inside a message")
                 pos += count
@@ -200,6 +200,13 @@ class MessageSocket:
             close_fds(fds)
             raise
         return Message(header.msg_id, header.command, header.flags, header.error_no, bytes(payload), tuple(fds), truncated)
+
+    def _keep_fds(self, fds: list[int], more: list[int]) -> bool:
+        """Rule 2: add ``more`` to the message's ``fds`` up to ``max_fds``; close the rest."""
+        room = max(self.max_fds - len(fds), 0)
+        fds += more[:room]
+        close_fds(more[room:])
+        return len(more) > room
 
     def _ancillary_size(self) -> int:
         return socket.CMSG_SPACE(max(self.max_fds, 1) * _FD_SIZE)

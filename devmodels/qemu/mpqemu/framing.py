@@ -20,6 +20,11 @@ Rules:
    completed earlier in the same ``feed`` are not delivered.
 3. The framer holds at most one incomplete message and the descriptors received for it;
    ``close`` closes those descriptors.
+4. A message holds at most ``REMOTE_MAX_FDS`` descriptors however many reads brought them
+   (a peer sending a message a byte at a time, each byte with descriptors, would
+   otherwise fill the process's descriptor table): the excess is closed at once and the
+   message marked ``truncated``, which the server refuses (QEMU's ``mpqemu_msg_recv``
+   fails such a message too).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .defs import MPQEMU_MSG_DATA_SIZE, MPQEMU_MSG_HDR_SIZE
+from .defs import MPQEMU_MSG_DATA_SIZE, MPQEMU_MSG_HDR_SIZE, REMOTE_MAX_FDS
 from .layouts import MSG_HEADER
 
 __all__ = ["Message", "MessageFramer", "FramingError"]
@@ -108,11 +113,10 @@ class MessageFramer:
             if buf or not out:
                 # The last byte belongs to the incomplete message now at the head of the buffer
                 # (or no byte arrived at all: keep them for whatever comes next).
-                self._fds.extend(fds)
-                self._truncated = self._truncated or truncated
+                self._truncated = _add_fds(self._fds, fds) or self._truncated or truncated
             else:
-                out[-1].fds.extend(fds)
-                out[-1].truncated = out[-1].truncated or truncated
+                last = out[-1]
+                last.truncated = _add_fds(last.fds, fds) or last.truncated or truncated
         return out
 
     def close(self) -> None:
@@ -124,3 +128,16 @@ class MessageFramer:
                 pass
         self._fds = []
         self._buf.clear()
+
+
+def _add_fds(held: list[int], new: Sequence[int]) -> bool:
+    """Rule 4: add ``new`` to a message's ``held`` descriptors, closing what goes past the
+    limit; return whether any had to be closed."""
+    room = max(REMOTE_MAX_FDS - len(held), 0)
+    held.extend(new[:room])
+    for fd in new[room:]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return len(new) > room

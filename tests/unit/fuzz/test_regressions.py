@@ -111,6 +111,31 @@ def test_regression_vhost_user_feed_fatal_closes_completed_messages_fds() -> Non
         os.fstat(fd)
 
 
+def test_regression_vhost_user_fd_limit_closes_completed_messages_fds() -> None:
+    """Descriptors sent ahead of a message's bytes wait in the reader; the message
+    completes in a read whose leftover bytes bring more descriptors than one message may
+    carry. The connection is then closed, and the completed message (holding the early
+    descriptors) never reaches the session: its descriptors must be closed too
+    (fuzz/regressions/vhost_user/fd-limit-leaks-completed-message-fds, found in the
+    session-2 campaign)."""
+    from virtio.vhost_user.defs import VHOST_USER_MAX_FDS, VHOST_USER_VERSION
+    from virtio.vhost_user.layouts import HEADER
+    from virtio.vhost_user.messages import MessageReader, ProtocolError
+
+    early = [os.eventfd(0) for _ in range(3)]
+    late = [os.eventfd(0) for _ in range(VHOST_USER_MAX_FDS + 1)]
+    reader = MessageReader()
+    assert reader.feed(b"", early) == []  # descriptors with no bytes (a legal recvmsg)
+    set_owner = HEADER.pack(3, VHOST_USER_VERSION, 0)
+    with pytest.raises(ProtocolError):
+        reader.feed(set_owner + set_owner[:8], late)  # one message done, the next begun
+    reader.close()
+    leaked = [fd for fd in early + late if _is_open(fd)]
+    for fd in leaked:
+        os.close(fd)
+    assert leaked == [], "descriptors of a message dropped with the connection stayed open"
+
+
 # -- snapshot contract: restore(state()) accepts and reproduces every state ----------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 
@@ -98,3 +99,22 @@ def test_send_to_a_closed_peer(pair) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(VfioUserDisconnectedError):
         for _ in range(100):
             left.send(1, 1, b"x" * 4096)
+
+
+def test_rule_2_a_message_trickled_with_descriptors_holds_at_most_max_fds(pair) -> None:  # type: ignore[no-untyped-def]
+    """A peer sending a message a byte at a time, two descriptors with each byte, must not
+    fill our descriptor table: beyond ``max_fds`` they are closed as they arrive and the
+    message is marked ``fds_truncated``."""
+    left, right = pair
+    data = vfio_user_header.pack(1, 9, 16 + 8, 0, 0) + b"payload!"
+    mine = [os.eventfd(0) for _ in range(2)]
+    for byte in data:  # each sendmsg is its own write: the receiver reads them one by one
+        left.sock.sendmsg([bytes([byte])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", mine).tobytes())])
+    before = len(os.listdir("/proc/self/fd"))
+    message = right.recv()
+    assert message is not None and message.payload == b"payload!"
+    assert message.fds_truncated and len(message.fds) == 4  # max_fds of the fixture
+    assert len(os.listdir("/proc/self/fd")) - before == 4  # everything else was closed
+    message.close_fds()
+    for fd in mine:
+        os.close(fd)

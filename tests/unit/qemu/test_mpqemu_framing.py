@@ -110,3 +110,24 @@ def test_any_chunking_yields_the_same_messages(messages: list[tuple[int, bytes]]
         last = cut
     assert [(m.cmd, m.payload) for m in out] == messages
     assert not framer.partial
+
+
+def test_rule_4_a_message_trickled_with_descriptors_holds_at_most_the_limit() -> None:
+    """A peer sending a message a byte at a time, three descriptors with each byte, must not
+    fill our descriptor table: the excess is closed as it arrives and the message is
+    marked truncated (the server refuses it)."""
+    framer = MessageFramer()
+    message = encode_message(d.MPQEMU_CMD_PCI_CFGREAD, bytes(12))
+    sent: list[int] = []
+    out = []
+    for byte in message:
+        fds = [_eventfd() for _ in range(3)]
+        sent += fds
+        out += framer.feed(bytes([byte]), fds)
+        assert sum(_is_open(fd) for fd in sent) <= d.REMOTE_MAX_FDS
+    [done] = out
+    assert done.truncated and len(done.fds) == d.REMOTE_MAX_FDS
+    assert [fd for fd in sent if _is_open(fd)] == done.fds
+    for fd in done.fds:
+        os.close(fd)
+    framer.close()
