@@ -18,8 +18,10 @@ send: RAM-like sealed memfds of two sizes, a small unsealed memfd, an eventfd, a
 ``/dev/null``. Decoding is total and deterministic, like ``_ops``.
 
 Oracles for these targets (besides ``Guard``'s exception, hang and memory): ``protocol``
-(the server answered in a way a correct server never does) and ``fd-leak`` (descriptors
-the input handed over are still open after the server closed).
+(the server answered in a way a correct server never does), ``fd-leak`` (descriptors
+the input handed over are still open after the server closed) and ``fd-held`` (while
+serving, the server holds more than ``FD_HELD_LIMIT`` descriptors: a peer can make it
+collect them without bound, and a process's descriptor table is small).
 """
 
 from __future__ import annotations
@@ -34,11 +36,16 @@ from dataclasses import dataclass
 from ._rig import Finding
 
 __all__ = [
-    "Chunk", "Descriptors", "decode_stream", "encode_stream", "open_fds", "check_fd_leak", "store", "FD_KINDS", "MAX_FDS",
+    "Chunk", "Descriptors", "decode_stream", "encode_stream", "open_fds", "check_fd_leak", "check_fd_held", "store",
+    "FD_KINDS", "MAX_FDS", "FD_HELD_LIMIT",
 ]
 
 MAX_CHUNK = 4096
 MAX_FDS = 9  # one past the protocols' limit of 8, so the limit is reachable
+# What a server may hold at once for one connection: memory regions (vhost-user: 32 slots;
+# mpqemu: 8), three per virtqueue, one incomplete message's worth, its own few; well
+# below a default descriptor limit of 1024.
+FD_HELD_LIMIT = 64
 FD_KINDS = ("memfd-64k", "memfd-4k-unsealed", "eventfd", "pipe", "devnull", "memfd-1m")
 _CHUNK = struct.Struct("<BH")
 
@@ -171,3 +178,10 @@ def check_fd_leak(before: set[int], what: str, *, tolerate: bool = False) -> Non
             if tolerate:
                 return
             raise Finding("fd-leak", f"{what}: descriptors left open: {', '.join(kinds)}")
+
+
+def check_fd_held(before: set[int], what: str, limit: int = FD_HELD_LIMIT) -> None:
+    """The ``fd-held`` oracle: at most ``limit`` descriptors opened since ``before`` are open."""
+    held = len(open_fds() - before)
+    if held > limit:
+        raise Finding("fd-held", f"{what}: the server holds {held} descriptors (more than {limit})")

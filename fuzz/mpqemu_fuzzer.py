@@ -53,7 +53,7 @@ with instrumented(__name__):
     from devmodels.testdev import regs as t
     from fuzz._execute import Guard
     from fuzz._rig import Finding
-    from fuzz._stream import Chunk, Descriptors, check_fd_leak, decode_stream, encode_stream, open_fds, store
+    from fuzz._stream import Chunk, Descriptors, check_fd_held, check_fd_leak, decode_stream, encode_stream, open_fds, store
 
 _BAR0 = 0xC000_0000  # where the seeds program BAR0 (the proxy forwards absolute addresses)
 _BAR1 = 0xC000  # I/O BAR
@@ -157,6 +157,8 @@ def execute_input(
                         trace(f"     reply {reply.hex() if reply is not None else None}")
                     _check_reply(message.cmd, reply)
                 guard.check_memory(f"chunk {index}")
+                if fds:
+                    check_fd_held(before, f"chunk {index}")
             _health(session, guard)
     finally:
         session.close()

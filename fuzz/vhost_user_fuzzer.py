@@ -39,7 +39,7 @@ with instrumented(__name__):
     from fuzz._echo import make_echo
     from fuzz._execute import Guard
     from fuzz._rig import Finding
-    from fuzz._stream import Chunk, Descriptors, check_fd_leak, decode_stream, encode_stream, open_fds, store
+    from fuzz._stream import Chunk, Descriptors, check_fd_held, check_fd_leak, decode_stream, encode_stream, open_fds, store
     from virtio.blk import VirtioBlkDevice
     from virtio.defs import VIRTIO_F_VERSION_1
     from virtio.testing import RingLayout
@@ -146,6 +146,8 @@ def execute_input(
                 if chunk.truncated:
                     guard.call(backend.events, f"chunk {index} (kicks)")
                 guard.check_memory(f"chunk {index}")
+                if sent:
+                    check_fd_held(before, f"chunk {index}")
             guard.call(backend.session.close, "closing the session")
             session = backend.open()
             reply = guard.call(functools.partial(_get_features, session), "GET_FEATURES on a new session")

@@ -266,3 +266,20 @@ def test_atheris_status_lines_are_parsed() -> None:
 
     match = _STATUS.match("#4096\tpulse  cov: 1350 ft: 3802 corp: 283/271Kb lim: 1642 exec/s: 16 rss: 91Mb")
     assert match is not None and match.groups() == ("4096", "1350", "3802", "283")
+
+
+def test_fd_held_oracle_counts_what_was_opened_since() -> None:
+    import os
+
+    from fuzz._stream import check_fd_held, open_fds
+
+    before = open_fds()
+    opened = [os.eventfd(0) for _ in range(5)]
+    try:
+        check_fd_held(before, "five", limit=5)
+        with pytest.raises(Finding, match="fd-held"):
+            check_fd_held(before, "five", limit=4)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    check_fd_held(before, "none left", limit=0)
