@@ -172,10 +172,12 @@ def _chunk(backend: _Backend, chunk: Chunk, sent: list[int], guard: Guard, index
            trace: Callable[[str], None] | None, ended: list[str]) -> bool:
     """Feed one chunk; ``False`` once the connection ended (a fatal protocol error)."""
     ended[:] = ["feed"]
+    messages: list[Any] = []
     try:
         messages = guard.call(functools.partial(backend.reader.feed, chunk.data, sent), f"chunk {index} (feed)")
         ended[:] = ["handle"]
-        for message in messages:
+        while messages:
+            message = messages.pop(0)
             if trace is not None:
                 trace(f"     message {message.name} flags={message.flags:#x} payload={message.payload[:32].hex()} fds={len(message.fds)}")
             reply = guard.call(functools.partial(backend.session.handle, message), f"chunk {index} {message.name}")
@@ -186,6 +188,10 @@ def _chunk(backend: _Backend, chunk: Chunk, sent: list[int], guard: Guard, index
         if isinstance(finding.__cause__, ProtocolError) and finding.__cause__.fatal:
             if trace is not None:
                 trace(f"     fatal: {finding.__cause__}; connection closed")
+            # As VhostUserBackend does: messages framed after the fatal one are never
+            # handled, and their descriptors are the connection's to close.
+            for later in messages:
+                later.close_fds()
             return False
         raise
     return True
