@@ -21,11 +21,12 @@ Rules (vfio-user.rst "Header", "Message sizes"):
 from __future__ import annotations
 
 import array
-import os
 import socket
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from devmodels._fds import add_fds_bounded, close_fds
 
 from ..defs import (
     VFIO_USER_F_ERROR,
@@ -40,15 +41,6 @@ __all__ = ["HEADER_SIZE", "Message", "MessageSocket", "VfioUserFramingError", "c
 
 HEADER_SIZE = vfio_user_header.size
 _FD_SIZE = array.array("i").itemsize
-
-
-def close_fds(fds: Iterable[int]) -> None:
-    """Close descriptors, ignoring ones already closed."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 class VfioUserFramingError(VfioUserProtocolError):
@@ -172,7 +164,7 @@ class MessageSocket:
             head = bytearray()
             while len(head) < HEADER_SIZE:
                 chunk, more, cut = self._recv_some(HEADER_SIZE - len(head))
-                truncated |= self._keep_fds(fds, more) | cut
+                truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
                 if not chunk:
                     if not head and not fds:
                         return None
@@ -192,7 +184,7 @@ class MessageSocket:
             pos = 0
             while pos < length:
                 count, more, cut = self._recv_into(view[pos:])
-                truncated |= self._keep_fds(fds, more) | cut
+                truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
                 if count == 0:
                     raise VfioUserDisconnectedError("vfio-user peer closed the connection inside a message")
                 pos += count
@@ -200,13 +192,6 @@ class MessageSocket:
             close_fds(fds)
             raise
         return Message(header.msg_id, header.command, header.flags, header.error_no, bytes(payload), tuple(fds), truncated)
-
-    def _keep_fds(self, fds: list[int], more: list[int]) -> bool:
-        """Rule 2: add ``more`` to the message's ``fds`` up to ``max_fds``; close the rest."""
-        room = max(self.max_fds - len(fds), 0)
-        fds += more[:room]
-        close_fds(more[room:])
-        return len(more) > room
 
     def _ancillary_size(self) -> int:
         return socket.CMSG_SPACE(max(self.max_fds, 1) * _FD_SIZE)

@@ -26,12 +26,13 @@ Rules:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import construct as cs
+
+from devmodels._fds import close_fds
 
 from .defs import (
     VHOST_USER_CONFIG_HDR_SIZE,
@@ -96,15 +97,6 @@ class ProtocolError(Exception):
     def __init__(self, reason: str, *, fatal: bool = False) -> None:
         super().__init__(reason)
         self.fatal = fatal
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    """Close every descriptor in ``fds``, ignoring ones already closed."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 @dataclass

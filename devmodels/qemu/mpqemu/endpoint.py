@@ -31,7 +31,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from .layouts import BAR_ACCESS_MSG, encode_ret, unpack_pci_conf_data, unpack_sy
 from .sysmem import SysmemError, SysmemTable
 from ..._bus import PIO_LIMIT, Bus
 from ..._errors import GuestError, HostError
+from ..._fds import close_fds
 from ..._memory import GuestMemory
 from ..._trace import tracepoint
 from ...pci import BarKind, PciFunction, PciHost
@@ -182,7 +182,7 @@ class RemotePciEndpoint:
         if _tp_msg.on:
             _tp_msg.emit(cmd=d.CMD_NAMES.get(cmd, str(cmd)), size=len(payload), fds=len(fds))
         if self.closed:
-            _close_fds(fds)
+            close_fds(fds)
             return None
         row = _COMMANDS.get(cmd)
         if row is None:
@@ -207,7 +207,7 @@ class RemotePciEndpoint:
         return True if row is None else row.replies
 
     def _refuse(self, cmd: int, fds: list[int], reply: bool, reason: str) -> bytes | None:
-        _close_fds(fds)
+        close_fds(fds)
         self.stats.refused += 1
         name = d.CMD_NAMES.get(cmd, str(cmd))
         self._error("mpqemu: refused %s: %s", name, reason)
@@ -331,13 +331,6 @@ class RemotePciEndpoint:
         self.sysmem.close()
         self.host.unplug(self.function)
 
-
-def _close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 _FDS_ANY = d.REMOTE_MAX_FDS

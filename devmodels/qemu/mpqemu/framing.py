@@ -29,10 +29,10 @@ Rules:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..._fds import add_fds_bounded, close_fds
 from .defs import MPQEMU_MSG_DATA_SIZE, MPQEMU_MSG_HDR_SIZE, REMOTE_MAX_FDS
 from .layouts import MSG_HEADER
 
@@ -113,31 +113,15 @@ class MessageFramer:
             if buf or not out:
                 # The last byte belongs to the incomplete message now at the head of the buffer
                 # (or no byte arrived at all: keep them for whatever comes next).
-                self._truncated = _add_fds(self._fds, fds) or self._truncated or truncated
+                self._truncated = add_fds_bounded(self._fds, fds, REMOTE_MAX_FDS) or self._truncated or truncated
             else:
                 last = out[-1]
-                last.truncated = _add_fds(last.fds, fds) or last.truncated or truncated
+                last.truncated = add_fds_bounded(last.fds, fds, REMOTE_MAX_FDS) or last.truncated or truncated
         return out
 
     def close(self) -> None:
         """Drop the incomplete message and close its descriptors."""
-        for fd in self._fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self._fds)
         self._fds = []
         self._buf.clear()
 
-
-def _add_fds(held: list[int], new: Sequence[int]) -> bool:
-    """Rule 4: add ``new`` to a message's ``held`` descriptors, closing what goes past the
-    limit; return whether any had to be closed."""
-    room = max(REMOTE_MAX_FDS - len(held), 0)
-    held.extend(new[:room])
-    for fd in new[room:]:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    return len(new) > room

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import array
 import logging
-import os
 import socket
 from collections.abc import Callable, Sequence
 
@@ -40,6 +39,7 @@ from .irqfd import IrqfdLevelSink
 from .layouts import encode_ret
 from .loop import EventLoop
 from ..._errors import UsageError
+from ..._fds import close_fds
 from ..._memory import GuestMemory
 from ...pci import PciFunction
 
@@ -123,7 +123,7 @@ class MpqemuServer:
                 return
             fds = _fds_from(ancdata) if ancdata else []
             if not data:
-                _close_fds(fds)
+                close_fds(fds)
                 self._disconnect("peer closed mid-message" if self._framer.partial else None)
                 return
             try:
@@ -138,10 +138,10 @@ class MpqemuServer:
 
     def _dispatch(self, message: Message) -> None:
         if self.closed:
-            _close_fds(message.fds)
+            close_fds(message.fds)
             return
         if message.truncated:
-            _close_fds(message.fds)
+            close_fds(message.fds)
             _log.error("mpqemu: command %d carried more than %d descriptors; refused", message.cmd, d.REMOTE_MAX_FDS)
             self.endpoint.stats.refused += 1
             reply = encode_ret(d.MPQEMU_RET_ERROR) if self.endpoint.expects_reply(message.cmd) else None
@@ -257,10 +257,3 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     return list(fds)
 
-
-def _close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

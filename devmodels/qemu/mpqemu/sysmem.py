@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from .defs import REMOTE_MAX_FDS
 from .layouts import SyncSysmem
 from ..._errors import DevmodelsError, UsageError
+from ..._fds import close_fds
 from ..._memory import ADDRESS_LIMIT, GuestMemory, MemoryRegion
 
 __all__ = ["SysmemError", "SysmemTable"]
@@ -79,11 +80,11 @@ class SysmemTable:
         try:
             key, unsealed = self._validate(table, fds)
         except SysmemError:
-            _close_all(fds)
+            close_fds(fds)
             self._drop()
             raise
         if key == self._key:
-            _close_all(fds)
+            close_fds(fds)
             return False
         if unsealed:
             _log.warning("SYNC_SYSMEM: a guest RAM file is not sealed against shrinking")
@@ -99,7 +100,7 @@ class SysmemTable:
                 if region in self.memory.regions:
                     self.memory.remove_region(region.base)
                 _unmap(region)
-            _close_all(fds)
+            close_fds(fds)
             raise SysmemError(str(exc)) from exc
         self.regions = mapped
         self._fds = fds
@@ -150,7 +151,7 @@ class SysmemTable:
                 pass  # removed by someone else; still ours to unmap
             _unmap(region)
         self.regions = []
-        _close_all(self._fds)
+        close_fds(self._fds)
         self._fds = []
         self._key = []
 
@@ -174,10 +175,3 @@ def _unmap(region: MemoryRegion) -> None:
         # the mapping is released when that view is.
         _log.error("SYNC_SYSMEM: %r still has views into it; left to the garbage collector", region)
 
-
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
