@@ -33,6 +33,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from devmodels._fds import close_fds
+
 from ._rig import Finding
 
 __all__ = [
@@ -154,12 +156,9 @@ def open_fds() -> set[int]:
     return out
 
 
-def check_fd_leak(before: set[int], what: str, *, tolerate: bool = False) -> None:
-    """The ``fd-leak`` oracle: nothing opened since ``before`` may still be open.
-
-    With ``tolerate`` (a known, routed leak on this path) leaked descriptors are closed
-    silently instead, so the process does not run out of them.
-    """
+def check_fd_leak(before: set[int], what: str) -> None:
+    """The ``fd-leak`` oracle: nothing opened since ``before`` may still be open (leaked
+    ones are closed before the finding is raised, so a campaign does not run out of them)."""
     leaked = open_fds() - before
     # listdir's own descriptor is gone by now; anything else is the server's.
     if leaked:
@@ -169,14 +168,8 @@ def check_fd_leak(before: set[int], what: str, *, tolerate: bool = False) -> Non
                 kinds.append(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
             except OSError:
                 continue
-        if kinds or tolerate:
-            for fd in leaked:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            if tolerate:
-                return
+        if kinds:
+            close_fds(leaked)
             raise Finding("fd-leak", f"{what}: descriptors left open: {', '.join(kinds)}")
 
 

@@ -68,29 +68,19 @@ def prune_images(images_dir: Path, *, keep: int = KEEP_IMAGES, min_idle: float =
     except OSError:
         return []
     images: list[tuple[float, Path]] = []
-    doomed: list[Path] = []
     for entry in entries:
         used = _last_use(entry)
         if used is None:
             continue
         if entry.name.startswith(".trash-"):
-            doomed.append(entry)  # a removal another process did not finish
+            _remove(entry)  # a removal another process did not finish
         elif entry.name.startswith(".build-"):
             if now - used >= min_idle:
-                doomed.append(entry)
+                _remove(entry)
         else:
             images.append((used, entry))
     images.sort(key=lambda pair: pair[0], reverse=True)
-    removed: list[Path] = []
-    for used, entry in images[keep:]:
-        if now - used >= min_idle:
-            doomed.append(entry)
-            removed.append(entry)
-    gone: list[Path] = []
-    for entry in doomed:
-        if _remove(entry) and entry in removed:
-            gone.append(entry)
-    return gone
+    return [entry for used, entry in images[keep:] if now - used >= min_idle and _remove(entry)]
 
 
 def _remove(entry: Path) -> bool:

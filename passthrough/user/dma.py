@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from devmodels import Access, GuestMemory, GuestMemoryError, HostError, MemoryRegion, UsageError
+from devmodels._fds import close_fds
 
 from ..defs import VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE
 from ..errors import VfioUserReject
@@ -199,10 +200,7 @@ class DmaTable:
         elif isinstance(self.memory, DmaMemory):
             self.memory.remove_remote(window)
         if window.fd is not None:
-            try:
-                os.close(window.fd)
-            except OSError:
-                pass
+            close_fds([window.fd])
             window.fd = None
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 
 from ..._irq import LevelSink, NullLevelSink
+from ..._fds import close_fds
 from ..._trace import tracepoint
 
 __all__ = ["IrqfdLevelSink", "IntxPort", "is_eventfd"]
@@ -110,11 +111,7 @@ class IrqfdLevelSink:
         if self.closed:
             return
         self.closed = True
-        for fd in (self.irqfd, self.resamplefd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds((self.irqfd, self.resamplefd))
 
     def __repr__(self) -> str:
         return f"IrqfdLevelSink(irqfd={self.irqfd}, resamplefd={self.resamplefd}, level={self.level})"
