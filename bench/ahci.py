@@ -3,7 +3,7 @@
 One TCG guest gets two AHCI controllers, each with one disk of the same size, both raw
 image files in the same host directory:
 
-- ``ours``: devmodels' ICH9 AHCI served by ``python -m devmodels.qemu.mpqemu --device
+- ``ours``: devmodels' ICH9 AHCI served by ``python -m mpqemu --device
   ahci --backend file:OURS.img`` to ``x-pci-proxy-dev`` at PCI ``00:04.0``;
 - ``peer``: ``-device ahci`` at ``00:05.0`` with ``ide-hd`` on ``-drive ...,aio=threads``.
 
@@ -232,8 +232,8 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 
 def _spawn_server(sock: socket.socket, image: Path, opts: Sequence[str], log: Any, profile: Path | None
                   ) -> subprocess.Popen[bytes]:
-    """``python -m devmodels.qemu.mpqemu --device ahci`` on ``sock``, as a user runs it."""
-    argv = ["-m", "devmodels.qemu.mpqemu", "--fd", str(sock.fileno()), "--device", "ahci", "--backend", f"file:{image}"]
+    """``python -m mpqemu --device ahci`` on ``sock``, as a user runs it."""
+    argv = ["-m", "mpqemu", "--fd", str(sock.fileno()), "--device", "ahci", "--backend", f"file:{image}"]
     for opt in opts:
         argv += ["--opt", opt]
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
@@ -256,9 +256,9 @@ def _make_image(path: Path, size_mb: int) -> None:
 def run(*, runs: int, runtime: int, size_mb: int, jobs: Sequence[str], cache: str, workdir: Path,
         ours_opts: Sequence[str] = (), profile: Path | None = None) -> dict[str, Any]:
     """Boot the guest once; return ``{"results": parse_results(...), "accesses": ..., ...}``."""
-    from devmodels.conformance.cases.e1000 import POLLED_INTX_APPEND
-    from devmodels.guest import ImageBuilder
-    from devmodels.qemu.launcher import QemuLauncher
+    from harness.conformance.cases.e1000 import POLLED_INTX_APPEND
+    from harness.guest import ImageBuilder
+    from harness.qemu.launcher import QemuLauncher
 
     _need("qemu-system-x86_64")
     fio = _need("fio")
@@ -330,7 +330,7 @@ def run_host(*, seconds: float, size_mb: int, workdir: Path, ours_opts: Sequence
     from devmodels.ahci import regs as r
     from devmodels.ahci.testing import AhciDriver
     from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
-    from devmodels.qemu.mpqemu.testing import FakeProxy
+    from mpqemu.testing import FakeProxy
 
     image = workdir / "ours.img"
     _make_image(image, size_mb)
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] = ()) -> int:
         for reg, row in host["round_trips"].items():
             print(f"  {reg:<10} n={row['n']:<8} round trip mean {row['mean_us']:7.1f} us  median {row['median_us']:7.1f} us")
         return 0
-    from devmodels.qemu.launcher import qemu_available
+    from harness.qemu.launcher import qemu_available
 
     reason = qemu_available()
     if reason is not None:

@@ -2,9 +2,9 @@
 
 The same guest image boots once per mode, each time with one e1000 on a TAP whose host side
 sits in a fresh network namespace (``10.0.3.1/24``, the kernel's own stack answers ping; a
-TCP sink from ``devmodels.conformance.cases.e1000_tap`` counts and hashes what arrives):
+TCP sink from ``harness.conformance.cases.e1000_tap`` counts and hashes what arrives):
 
-- ``ours``: devmodels' 82540EM served by ``python -m devmodels.qemu.mpqemu --backend
+- ``ours``: devmodels' 82540EM served by ``python -m mpqemu --backend
   tap:NAME`` to ``x-pci-proxy-dev``. QEMU 7.2's proxy delivers INTx only through KVM
   irqfds, so this guest needs ``irqpoll nolapic_timer nohz=off`` (interrupts are serviced
   from the 250 Hz timer tick).
@@ -18,7 +18,7 @@ timed with the guest clock, and (ii) TCP throughput guest -> namespace, ``nc`` s
 bytes). Figures are medians over ``--runs``; ratios are ours / peer.
 
 Before the boots, ``access_latency`` times the per-access path without a guest: a stand-in
-for QEMU's proxy (``devmodels.qemu.mpqemu.testing.FakeProxy``, one ``sendmsg`` and one
+for QEMU's proxy (``mpqemu.testing.FakeProxy``, one ``sendmsg`` and one
 blocking read per access, as proxy.c) drives the real server process over a socketpair,
 guest RAM is a shared memfd, and the figure is the median time one access blocks the
 caller (what a vCPU waits): a STATUS read, an IMC write, and a TDT write that queues one
@@ -64,7 +64,7 @@ TEST = "bench-e1000"
 
 def guest_script() -> str:
     """The guest side; its parameters come from the kernel command line (``dmbench.*``)."""
-    from devmodels.conformance.cases.e1000_tap import GUEST_IP, HOST_IP, PREFIX_LEN, SINK_PORT
+    from harness.conformance.cases.e1000_tap import GUEST_IP, HOST_IP, PREFIX_LEN, SINK_PORT
 
     return rf"""
 runs=$(cmdline_value dmbench.runs); count=$(cmdline_value dmbench.count); mib=$(cmdline_value dmbench.mib)
@@ -123,7 +123,7 @@ def parse_log(log: str) -> dict[str, list[dict[str, int]]]:
 
 def _spawn_server(sock: socket.socket, backend: str, opts: Sequence[str], log: Path | None,
                   profile: Path | None = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
-    args = ["-m", "devmodels.qemu.mpqemu", "--fd", str(sock.fileno()), "--device", "e1000", "--backend", backend]
+    args = ["-m", "mpqemu", "--fd", str(sock.fileno()), "--device", "e1000", "--backend", backend]
     for opt in opts:
         args += ["--opt", opt]
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
@@ -160,7 +160,7 @@ def _tso_packet() -> bytes:
 def access_latency(count: int, opts: Sequence[str] = ()) -> dict[str, float]:
     """Median microseconds one access blocks the proxy (see the module docstring)."""
     from devmodels.e1000 import regs as r
-    from devmodels.qemu.mpqemu.testing import FakeProxy
+    from mpqemu.testing import FakeProxy
 
     host, wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with contextlib.suppress(OSError):  # room for bursts of segments (root may force it)
@@ -289,9 +289,9 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 def run_mode(mode: str, image: Any, *, runs: int, count: int, mib: int, workdir: Path,
              ours_opts: Sequence[str] = (), profile: Path | None = None) -> dict[str, Any]:
     """Boot once in ``mode`` and return its raw figures."""
-    from devmodels.conformance.cases.e1000 import POLLED_INTX_APPEND
-    from devmodels.conformance.cases.e1000_tap import HOST_IP, PREFIX_LEN, NetNamespace, TcpSink
-    from devmodels.qemu.launcher import QemuLauncher
+    from harness.conformance.cases.e1000 import POLLED_INTX_APPEND
+    from harness.conformance.cases.e1000_tap import HOST_IP, PREFIX_LEN, NetNamespace, TcpSink
+    from harness.qemu.launcher import QemuLauncher
 
     polled = MODES[mode][1]
     append = [*(POLLED_INTX_APPEND if polled else ()), f"dmbench.runs={runs}", f"dmbench.count={count}",
@@ -393,8 +393,8 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.access:
         access["posted_on"] = access_latency(args.access, args.ours_opt)
         access["posted_off"] = access_latency(args.access, [*args.ours_opt, "posted=off"])
-    from devmodels.guest import ImageBuilder
-    from devmodels.qemu.launcher import qemu_available
+    from harness.guest import ImageBuilder
+    from harness.qemu.launcher import qemu_available
 
     reason = qemu_available()
     if reason is not None:

@@ -127,8 +127,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run(runs: int, runtime: int, size_mb: int, workdir: Path, ours_args: Sequence[str] = ()) -> dict[str, Any]:
     """Boot the guest once and return the parsed results (see ``parse_results``)."""
-    from devmodels.guest import ImageBuilder
-    from devmodels.qemu.launcher import QemuLauncher
+    from harness.guest import ImageBuilder
+    from harness.qemu.launcher import QemuLauncher
 
     qsd = _need("qemu-storage-daemon")
     _need("qemu-system-x86_64")

@@ -39,9 +39,9 @@ with instrumented(__name__):
     from devmodels.backends import LoopbackBackend
     from devmodels.e1000 import E1000
     from devmodels.pci import defs as pcidefs
-    from devmodels.qemu.mpqemu import FramingError, MessageFramer, RemotePciEndpoint
-    from devmodels.qemu.mpqemu import defs as m
-    from devmodels.qemu.mpqemu.layouts import (
+    from mpqemu import FramingError, MessageFramer, RemotePciEndpoint
+    from mpqemu import defs as m
+    from mpqemu.layouts import (
         MSG_HEADER,
         RET_DATA,
         encode_message,

@@ -14,7 +14,7 @@ from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
 from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
-from tests.unit.ahci.doubles import ScriptedDisk
+from tests.unit.devmodels.ahci.doubles import ScriptedDisk
 
 
 class Booted:

@@ -19,10 +19,10 @@ from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
 from devmodels.pci import FunctionInfo, Window, enumerate_bus0
 
-pytest.importorskip("devmodels.qemu.mpqemu.testing")
+pytest.importorskip("mpqemu.testing")
 backends = pytest.importorskip("devmodels.backends.block")
 
-from devmodels.qemu.mpqemu.testing import Harness  # noqa: E402
+from mpqemu.testing import Harness  # noqa: E402
 
 RAM = 16 << 20
 SLOT_DEVFN = 0x18

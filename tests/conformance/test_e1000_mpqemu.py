@@ -20,7 +20,7 @@ from devmodels.e1000 import E1000
 from devmodels.e1000 import regs as r
 from devmodels.e1000.testing import E1000Driver
 from devmodels.pci import FunctionInfo, Window, enumerate_bus0
-from devmodels.qemu.mpqemu.testing import Harness
+from mpqemu.testing import Harness
 
 RAM = 16 << 20
 SLOT_DEVFN = 0x18  # the proxy's slot as the guest sees it

@@ -16,8 +16,8 @@ import pytest
 
 from devmodels import HostError, UsageError
 from devmodels.backends.net import TapBackend
-from devmodels.conformance.cases import e1000_tap as t
-from devmodels.qemu.launcher import BootResult
+from harness.conformance.cases import e1000_tap as t
+from harness.qemu.launcher import BootResult
 
 
 def _free_port() -> int:

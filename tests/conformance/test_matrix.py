@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from devmodels.conformance import load_cases, run_cases
-from devmodels.qemu.launcher import qemu_available
+from harness.conformance import load_cases, run_cases
+from harness.qemu.launcher import qemu_available
 
 pytestmark = pytest.mark.guest
 

@@ -1,7 +1,7 @@
 """One vhost-user back-end, two QEMU guests in a row: the back-end survives its front-end.
 
 ``tests/conformance/test_matrix.py`` runs every conformance row (including the vhost-user
-blk/net rows of ``devmodels.conformance.cases.vhost_user``). This module checks what a row
+blk/net rows of ``harness.conformance.cases.vhost_user``). This module checks what a row
 cannot: a ``VhostUserServer`` serving a ``VirtioBlkDevice`` is used by a first QEMU (TCG,
 ``vhost-user-blk-pci`` with packed rings) whose guest writes random data with O_DIRECT and
 powers off; QEMU exits, the back-end tears the session down, and a second QEMU (split rings
@@ -19,8 +19,8 @@ import pytest
 
 from devmodels import GuestMemory, HostError
 from devmodels.backends import RawFileBackend
-from devmodels.guest import GuestImage, ImageBuilder
-from devmodels.qemu.launcher import QemuLauncher, qemu_available
+from harness.guest import GuestImage, ImageBuilder
+from harness.qemu.launcher import QemuLauncher, qemu_available
 from virtio.blk import VirtioBlkDevice
 from virtio.vhost_user import VhostUserServer
 

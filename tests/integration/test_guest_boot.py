@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from devmodels import HostError
-from devmodels.guest import GuestImage, ImageBuilder
-from devmodels.guest._modules import ModuleIndex, module_name
-from devmodels.qemu.launcher import QemuLauncher, qemu_available
+from harness.guest import GuestImage, ImageBuilder
+from harness.guest._modules import ModuleIndex, module_name
+from harness.qemu.launcher import QemuLauncher, qemu_available
 
 pytestmark = pytest.mark.guest
 

@@ -189,8 +189,8 @@ def _build_bench(directory: Path) -> Path | None:
 @pytest.fixture(scope="module")
 def guest_image(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     try:
-        from devmodels.guest import build_image
-        from devmodels.qemu.launcher import qemu_available
+        from harness.guest import build_image
+        from harness.qemu.launcher import qemu_available
     except ImportError as exc:
         pytest.skip(f"guest image builder / launcher not available: {exc}")
     reason = qemu_available()
@@ -219,8 +219,8 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 def test_testdev_through_x_pci_proxy_dev(guest_image) -> None:  # type: ignore[no-untyped-def]
-    from devmodels.qemu.launcher import QemuLauncher
-    from devmodels.qemu.mpqemu import MpqemuServer
+    from harness.qemu.launcher import QemuLauncher
+    from mpqemu import MpqemuServer
 
     ours, qemus = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     memory = GuestMemory()
@@ -268,7 +268,7 @@ def test_testdev_through_x_pci_proxy_dev(guest_image) -> None:  # type: ignore[n
 
 
 def test_qemu_x_remote_peer(guest_image) -> None:  # type: ignore[no-untyped-def]
-    from devmodels.qemu.launcher import QemuLauncher
+    from harness.qemu.launcher import QemuLauncher
 
     remote_end, qemus = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     remote = subprocess.Popen(

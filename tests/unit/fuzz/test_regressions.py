@@ -18,9 +18,9 @@ from devmodels.ahci import AhciController, AtaDisk
 from devmodels.ahci import regs as ahci_regs
 from devmodels.backends import LoopbackBackend, MemoryDiskBackend
 from devmodels.pci import defs as pcidefs
-from devmodels.qemu.mpqemu import FramingError, MessageFramer
-from devmodels.qemu.mpqemu import defs as m
-from devmodels.qemu.mpqemu.layouts import MSG_HEADER, encode_message
+from mpqemu import FramingError, MessageFramer
+from mpqemu import defs as m
+from mpqemu.layouts import MSG_HEADER, encode_message
 from devmodels.testdev import PciTestDevice
 from devmodels.testdev import regs as t
 from fuzz import load_executor

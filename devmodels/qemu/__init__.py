@@ -1,1 +1,0 @@
-"""QEMU integration: launching guests (``launcher``) and the multi-process proxy (``mpqemu``)."""

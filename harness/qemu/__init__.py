@@ -1,0 +1,1 @@
+"""Launching QEMU (``launcher``) with the guests and attachments the harness needs."""

@@ -1,0 +1,7 @@
+"""``python -m mpqemu``: see ``mpqemu.cli``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
