@@ -15,7 +15,7 @@ from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.layouts import CMD_HEADER, PRD_ENTRY
 from devmodels.ahci.testing import AhciDriver
-from tests.unit.ahci.doubles import ScriptedDisk
+from tests.unit.devmodels.ahci.doubles import ScriptedDisk
 
 RAM = 4 << 20
 CLB, FB = 0x1000, 0x2000

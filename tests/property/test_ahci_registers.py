@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from devmodels import from_dict, to_dict
 from devmodels.ahci import AhciController, AhciState, AtaDisk, AtapiCdrom
 from devmodels.ahci import regs as r
-from tests.unit.ahci.doubles import DMA_BASE, RAM_SIZE, Rig, ScriptedDisk
+from tests.unit.devmodels.ahci.doubles import DMA_BASE, RAM_SIZE, Rig, ScriptedDisk
 
 PORT_OFFSETS = [r.PxCLB, r.PxCLBU, r.PxFB, r.PxFBU, r.PxIS, r.PxIE, r.PxCMD, r.PxTFD, r.PxSIG, r.PxSSTS,
                 r.PxSCTL, r.PxSERR, r.PxSACT, r.PxCI, r.PxSNTF]
