@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ..guest._protocol import DONE_MARKER, TEST_PARAM, parse_checks
+from .binaries import QEMU_7_2, QemuBinary
 
 if TYPE_CHECKING:
     from ..guest._image import GuestImage
@@ -55,8 +56,11 @@ _TERM_GRACE = 3.0
 _READER_JOIN = 5.0
 
 
-def qemu_available(qemu: str = QEMU_BINARY) -> str | None:
-    """None when ``qemu`` can be run, else the reason it cannot (for ``pytest.skip``)."""
+def qemu_available(qemu: str | QemuBinary = QEMU_BINARY) -> str | None:
+    """None when ``qemu`` (a binary name or path, or a ``QemuBinary``) can be run, else the
+    reason it cannot (for ``pytest.skip``)."""
+    if isinstance(qemu, QemuBinary):
+        return qemu.unavailable()
     path = shutil.which(qemu)
     if path is None:
         return f"{qemu} not found: install it with `apt-get install qemu-system-x86`"
@@ -147,7 +151,8 @@ class QemuLauncher:
             other processes (x-pci-proxy-dev, vhost-user) need.
         pass_fds: file descriptors QEMU inherits under the same numbers (for ``fd=N``).
         accel: ``"tcg"`` (default), ``"kvm"``, or ``"auto"`` (KVM only if ``kvm_usable()``).
-        qemu: the QEMU binary.
+        qemu: which QEMU: a ``QemuBinary`` (``QEMU_7_2``, the default, or ``QEMU_11_1``), or
+            the name or path of a host binary.
         serial_log: also write the console to this file, line by line.
         on_line: called from the reader thread with every console line.
         done_grace: seconds QEMU may run on after ``DEVMODELS-DONE`` before it is killed.
@@ -169,7 +174,7 @@ class QemuLauncher:
         shared_memory: bool = False,
         pass_fds: Sequence[int] = (),
         accel: str = "tcg",
-        qemu: str = QEMU_BINARY,
+        qemu: str | QemuBinary = QEMU_7_2,
         serial_log: Path | None = None,
         on_line: Callable[[str], None] | None = None,
         done_grace: float = 10.0,
@@ -224,13 +229,21 @@ class QemuLauncher:
     def argv(self) -> list[str]:
         """The full QEMU command line."""
         cpu = "host" if self.accel == "kvm" else "max"
-        argv = [self.qemu, "-accel", self.accel, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
+        args = ["-accel", self.accel, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline()]
         if self.shared_memory:
-            argv += ["-object", f"memory-backend-memfd,id=sysmem-file,size={self.memory_mb}M,share=on",
+            args += ["-object", f"memory-backend-memfd,id=sysmem-file,size={self.memory_mb}M,share=on",
                      "-numa", "node,memdev=sysmem-file"]
-        return argv + list(self.extra_args)
+        args += self.extra_args
+        if isinstance(self.qemu, QemuBinary):
+            return self.qemu.argv(args, binds=tuple(dict.fromkeys((self.kernel.parent.resolve(), self.initrd.parent.resolve()))))
+        return [self.qemu, *args]
+
+    @property
+    def qemu_version(self) -> str:
+        """The version of the QEMU this launcher runs (``"?"`` for a plain binary path)."""
+        return self.qemu.version() if isinstance(self.qemu, QemuBinary) else "?"
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -254,7 +267,7 @@ class QemuLauncher:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, pass_fds=self.pass_fds)
         except OSError as exc:
-            raise HostError(f"cannot start {self.qemu}: {exc} (install qemu-system-x86)") from exc
+            raise HostError(f"cannot start {argv[0]}: {exc} (install qemu-system-x86)") from exc
         assert self._proc.stdout is not None and self._proc.stderr is not None  # PIPE was asked for
         self._threads = [
             threading.Thread(target=self._read_serial, args=(self._proc.stdout,), name="qemu-serial", daemon=True),

@@ -15,6 +15,7 @@ import pytest
 from devmodels import HostError
 from harness.guest import GuestImage, ImageBuilder
 from harness.guest._modules import ModuleIndex, module_name
+from harness.qemu.binaries import QEMU_7_2, QEMU_11_1, QemuBinary
 from harness.qemu.launcher import QemuLauncher, qemu_available
 
 pytestmark = pytest.mark.guest
@@ -56,21 +57,26 @@ def image() -> GuestImage:
         pytest.skip(f"cannot build the guest image: {exc}")
 
 
-def test_boot_runs_the_script_and_reports(image: GuestImage, tmp_path: Path) -> None:
+@pytest.mark.parametrize("qemu", [QEMU_7_2, QEMU_11_1], ids=lambda q: f"qemu{q.label}")
+def test_boot_runs_the_script_and_reports(image: GuestImage, tmp_path: Path, qemu: QemuBinary) -> None:
+    if (reason := qemu.unavailable()) is not None:
+        pytest.skip(reason)
     disk = tmp_path / "disk.raw"
     disk.write_bytes(DISK_MARKER + bytes(1 << 20))
     args = ["-netdev", "user,id=n0", "-device", "e1000,netdev=n0",
             "-drive", f"file={disk},if=none,id=d0,format=raw", "-device", "virtio-blk-pci,drive=d0"]
     # Shared memfd RAM, as out-of-process devices need, must not change anything for the guest.
-    with QemuLauncher.for_image(image, args=args, shared_memory=True, serial_log=tmp_path / "serial.log") as vm:
+    with QemuLauncher.for_image(image, args=args, shared_memory=True, serial_log=tmp_path / "serial.log",
+                                qemu=qemu) as vm:
         res = vm.wait(BOOT_TIMEOUT)
     assert res.passed, res.summary()
+    assert vm.qemu_version.startswith(qemu.label)
     expected = {"init.modules", "proc.cpuinfo", "module.e1000", "module.ahci", "module.virtio_blk",
                 "module.virtio_net", "module.vfio_pci", "pci.e1000", "blk.vda.appears", "blk.vda.read", "dyn.binary"}
     assert set(res.checks) == expected, res.summary()
     assert res.checks["pci.e1000"][1].endswith(" e1000")
     assert res.exit_code == 0 and res.done_after is not None
-    print(f"\nboot: QEMU start -> DONE {res.done_after:.2f}s, -> exit {res.elapsed:.2f}s")
+    print(f"\nboot (QEMU {vm.qemu_version}): QEMU start -> DONE {res.done_after:.2f}s, -> exit {res.elapsed:.2f}s")
 
 
 def test_embedded_test_is_selected_on_the_command_line(image: GuestImage) -> None:
