@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("devmodels._demo", "main", "assemble an in-process machine and print its PCI enumeration"),
     "vfio-user": ("passthrough.user.cli", "main", "serve a device model to a vfio-user VMM (--socket-path/--fd)"),
     "guest-image": ("harness.guest.cli", "main", "build (or find in the cache) the guest kernel + initramfs; --boot boots it"),
-    "mpqemu": ("mpqemu.cli", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
+    "mpqemu": ("harness.serve.mpqemu_cmd", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
     "conformance": ("harness.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),
     "vhost-user": ("virtio.vhost_user.cli", "main", "serve virtio-blk or virtio-net to a vhost-user front-end (QEMU)"),
 }

@@ -12,25 +12,22 @@ other end, serving any devmodels ``PciFunction``:
 - ``HiddenCapabilities``: the config view without MSI/MSI-X (the 7.2 proxy delivers
   INTx only, and under TCG not even that, since its irqfd is wired only through KVM);
 - ``IrqfdLevelSink``: INTx as an irqfd plus a resample fd;
-- ``testing.FakeProxy``: the QEMU side, for tests;
-- ``cli.main``: ``python -m mpqemu --fd N --device testdev``.
+- ``testing.FakeProxy``: the QEMU side, for tests.
+
+The command that serves a device this way is ``devmodels mpqemu`` (``harness.serve``).
 """
 
 from . import defs, layouts
-from .cli import DEVICES, main
 from .config import DEFAULT_HIDDEN, ConfigView, HiddenCapabilities
 from .endpoint import EndpointStats, RemotePciEndpoint
 from .framing import FramingError, Message, MessageFramer
 from .irqfd import IntxPort, IrqfdLevelSink
-from .loop import EventLoop, Timer
 from .server import MpqemuServer, serve
 from .sysmem import SysmemError, SysmemTable
 
 __all__ = [
     "defs",
     "layouts",
-    "DEVICES",
-    "main",
     "DEFAULT_HIDDEN",
     "ConfigView",
     "HiddenCapabilities",
@@ -41,8 +38,6 @@ __all__ = [
     "MessageFramer",
     "IntxPort",
     "IrqfdLevelSink",
-    "EventLoop",
-    "Timer",
     "MpqemuServer",
     "serve",
     "SysmemError",

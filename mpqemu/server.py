@@ -37,7 +37,7 @@ from .endpoint import EndpointStats, RemotePciEndpoint
 from .framing import FramingError, Message, MessageFramer
 from .irqfd import IrqfdLevelSink
 from .layouts import encode_ret
-from .loop import EventLoop
+from devmodels.runtime import EventLoop
 from devmodels._errors import UsageError
 from devmodels._fds import close_fds
 from devmodels._memory import GuestMemory

@@ -45,6 +45,7 @@ import construct as cs
 from devmodels import GuestError, GuestMemory, UsageError
 from devmodels._state import check_bool, check_bytes, check_int, check_type, check_version, from_dict
 from devmodels._trace import tracepoint
+from devmodels.runtime import ServedDeviceDefaults
 from devmodels._errors import SnapshotError
 
 from .defs import (
@@ -181,7 +182,7 @@ _STATE_VERSION = 1
 _REACHABLE = {0} | {after for _, after in VALID_TRANSITIONS.values()}
 
 
-class VirtioDevice:
+class VirtioDevice(ServedDeviceDefaults):
     """Base class of virtio devices.
 
     Args:

@@ -16,7 +16,8 @@ Rules:
 4. GHC.HR (§10.4.3) resets the HBA at once but reads 1 until every port's cancelled
    backend requests have come back; only then does it clear and links come up again.
 5. Snapshots (``state``/``restore``) require a quiesced controller: no request in flight
-   (``busy`` is False); ``state()`` raises ``UsageError`` otherwise.
+   (``busy`` is False); ``quiesce()`` gets it there, ``state()`` raises ``UsageError``
+   otherwise.
 6. Posted writes (``posted_writes=True``): a write that issues commands (PxCI, PxCMD.ST)
    stores the register and returns; the command engine runs at the next ``poll()``, which
    the VMM calls right after it has completed the guest's write (a proxy answers first,
@@ -24,13 +25,17 @@ Rules:
    Every other entry point (register and config accesses, reset, attach, snapshots) runs
    the posted work first, so what the guest and the host observe is ordered exactly as
    without posting; only the moment commands start differs.
+7. Served by a loop (``devmodels.runtime.ServedDevice``): the loop's waker becomes every
+   attached drive's backend ``set_notify`` hook (drives attached or media inserted later
+   get it too), and ``run_posted()`` is ``poll()``.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
-from .._errors import UsageError
+from .._errors import HostError, UsageError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
 from .._trace import tracepoint
@@ -79,6 +84,7 @@ class AhciController(PciFunction):
         self.memory = memory
         self.posted_writes = bool(posted_writes)
         self._posted: list[AhciPort] = []  # ports whose command engine waits for poll() (rule 6)
+        self._waker: Callable[[], None] | None = None  # bound while a loop serves us (rule 7)
         self.resetting = False
         self._tags = itertools.count(1)
         self._ie_was = False
@@ -254,6 +260,8 @@ class AhciController(PciFunction):
             self.poll()
         target = self._host_port(port)
         target.attach(drive)
+        if self._waker is not None:
+            self._hook(target)
         self.update_irq()
 
     def change_medium(self, port: int, medium: BlockBackend | None) -> None:
@@ -271,6 +279,8 @@ class AhciController(PciFunction):
             drive.remove()
         else:
             drive.insert(medium)
+            if self._waker is not None:
+                medium.set_notify(self._waker)
 
     def _host_port(self, port: int) -> AhciPort:
         if not isinstance(port, int) or not 0 <= port < len(self.ports):
@@ -279,6 +289,36 @@ class AhciController(PciFunction):
         if target.busy:
             raise UsageError(f"port {port} has requests in flight; poll() until it is idle")
         return target
+
+    # -- serving (devmodels.runtime.ServedDevice, rule 7) ----------------------------------
+
+    def bind_waker(self, wake: Callable[[], None] | None) -> None:
+        """Backends announce completions through ``wake`` (rule 7)."""
+        self._waker = wake
+        for port in self.ports:
+            self._hook(port)
+
+    def _hook(self, port: AhciPort) -> None:
+        backend = port.drive.backend if port.drive is not None else None
+        if backend is not None:
+            backend.set_notify(self._waker)
+
+    def run_posted(self) -> bool:
+        """``poll()`` (rule 7): posted work and completions; whether there was any."""
+        had_posted = bool(self._posted)
+        return bool(self.poll()) or had_posted
+
+    def quiesce(self) -> None:
+        """Run posted work and wait for every backend request in flight (rule 5)."""
+        self.poll()
+        for _ in range(_POLL_ROUNDS):
+            if not self.busy:
+                return
+            for port in self.ports:
+                for backend in port.backends():
+                    backend.drain()
+            self.poll()
+        raise HostError("the AHCI backends kept requests in flight through quiesce()")
 
     def poll(self) -> int:
         """Run posted work (rule 6), collect backend completions and finish commands

@@ -16,19 +16,24 @@ Rules:
 3. Transmission starts when the driver writes TDT or sets TCTL.EN; reception happens when
    the VMM hands in a frame. With MAC loopback (RCTL.LBM = 01) or PHY loopback (BMCR bit
    14) transmitted frames come back to the receiver instead of the backend.
-   With ``defer_work=True`` those writes (and RDT/RCTL.EN, which pull waiting frames) only
-   note the ring work; it runs in ``run_deferred()``, which the VMM calls once the guest's
-   access has completed, as a posted PCI write lets the CPU go on while the NIC fetches
-   descriptors. Every later BAR access, ``state()`` and reset runs or drops pending work
-   first, so the order of effects the driver can observe is unchanged.
+   With ``posted_writes=True`` those writes (and RDT/RCTL.EN, which pull waiting frames)
+   only note the ring work; it runs in ``run_posted()``, which the VMM calls once the
+   guest's access has completed, as a posted PCI write lets the CPU go on while the NIC
+   fetches descriptors (``devmodels.runtime`` ``ServedDevice`` rule 4). Every later BAR
+   access, ``state()`` and reset runs or drops posted work first, so the order of effects
+   the driver can observe is unchanged.
 4. DMA happens only while PCI Command.MASTER is set.
 5. Guest errors never escape an entry point (see ``errors.py``); ``UsageError`` is raised
    only for bad constructor arguments or snapshots.
+6. Served by a loop (``devmodels.runtime.ServedDevice``), the device asks for its
+   backend's descriptor only while a frame would be written (``rx_ready``), so a full
+   receive ring leaves frames in the backend instead of spinning the loop; a backend
+   without a descriptor wakes the loop through the bound waker instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .._errors import UsageError
 from .._memory import GuestMemory
@@ -68,15 +73,15 @@ class _Bar0:
         self._registers = device.registers
 
     def read(self, offset: int, size: int) -> int:
-        if self._device.work_due:
-            self._device.run_deferred()
+        if self._device._posted:
+            self._device._run_posted_ring_work()
         if size == 8:
             return self._registers.read(offset, 4) | self._registers.read(offset + 4, 4) << 32
         return self._registers.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if self._device.work_due:
-            self._device.run_deferred()
+        if self._device._posted:
+            self._device._run_posted_ring_work()
         if size == 8:
             self._registers.write(offset, 4, value & 0xFFFF_FFFF)
             self._registers.write(offset + 4, 4, value >> 32)
@@ -92,8 +97,8 @@ class _IoWindow:
 
     def read(self, offset: int, size: int) -> int:
         device = self._device
-        if device.work_due:
-            device.run_deferred()
+        if device._posted:
+            device._run_posted_ring_work()
         if size != 4:
             return 0
         if offset == r.IOADDR:
@@ -104,8 +109,8 @@ class _IoWindow:
 
     def write(self, offset: int, size: int, value: int) -> None:
         device = self._device
-        if device.work_due:
-            device.run_deferred()
+        if device._posted:
+            device._run_posted_ring_work()
         if size != 4:
             return
         if offset == r.IOADDR:
@@ -128,7 +133,7 @@ class E1000(PciFunction):
         mitigation: honour ITR and the RDTR/RADV/TIDV/TADV timers; the VMM must then call
             ``tick`` by ``next_deadline()``. ``False`` raises every interrupt at once.
         link: whether the cable is connected at power-on.
-        defer_work: leave the ring work register writes start to ``run_deferred()``
+        posted_writes: leave the ring work register writes start to ``run_posted()``
             (rule 3); the VMM must call it after completing each guest access.
         name: for traces.
 
@@ -147,7 +152,7 @@ class E1000(PciFunction):
         msi: bool = False,
         mitigation: bool = True,
         link: bool = True,
-        defer_work: bool = False,
+        posted_writes: bool = False,
         name: str = "e1000",
     ) -> None:
         if revision not in (0, 3):
@@ -163,8 +168,9 @@ class E1000(PciFunction):
         )
         self.memory = memory
         self.backend = backend
-        self.defer_work = bool(defer_work)
-        self.work_due = False  # some deferred ring work is pending (rule 3)
+        self.posted_writes = bool(posted_writes)
+        self._posted = False  # some posted ring work is pending (rule 3)
+        self._waker: Callable[[], None] | None = None  # bound while a loop serves us (rule 6)
         self._tx_due = False
         self._pull_due = False
         words = (
@@ -336,23 +342,28 @@ class E1000(PciFunction):
         return new
 
     def _start_tx(self) -> None:
-        if self.defer_work:
-            self._tx_due = self.work_due = True
+        if self.posted_writes:
+            self._tx_due = self._posted = True
         else:
             self.tx.process()
 
     def _start_pull(self) -> None:
-        if self.defer_work:
-            self._pull_due = self.work_due = True
+        if self.posted_writes:
+            self._pull_due = self._posted = True
         else:
             self._pull()
 
-    def run_deferred(self) -> bool:
+    @property
+    def posted(self) -> bool:
+        """Whether ring work waits for ``run_posted`` (rule 3)."""
+        return self._posted
+
+    def _run_posted_ring_work(self) -> bool:
         """Run the ring work register writes left pending (rule 3): transmit, then take
         waiting frames. Returns whether there was any; cheap when there is none."""
-        if not self.work_due:
+        if not self._posted:
             return False
-        self.work_due = False
+        self._posted = False
         if self._tx_due:
             self._tx_due = False
             self.tx.process()
@@ -375,7 +386,7 @@ class E1000(PciFunction):
         self.tx.reset()
         self.eeprom_port.reset()
         self.eeprom.write_enabled = False
-        self.work_due = self._tx_due = self._pull_due = False  # the rings are gone
+        self._posted = self._tx_due = self._pull_due = False  # the rings are gone
         mac = self.eeprom.mac
         self.registers["RAL[0]"] = int.from_bytes(mac[:4], "little")
         self.registers["RAH[0]"] = int.from_bytes(mac[4:], "little") | r.RAH_AV
@@ -472,11 +483,41 @@ class E1000(PciFunction):
         """When the VMM must call ``tick`` next (absolute ns), or ``None``."""
         return self.irq.next_deadline()
 
+    # -- serving (devmodels.runtime.ServedDevice, rule 6) ----------------------------------
+
+    def bind_waker(self, wake: Callable[[], None] | None) -> None:
+        """A backend without a descriptor wakes the loop through ``wake`` (rule 6)."""
+        if self.backend is not None and self.backend.fileno() is None:
+            self._waker = wake
+            self.backend.set_notify(wake)
+
+    def watched_fds(self) -> Mapping[int, Callable[[], None]]:
+        """The backend's descriptor while a frame would be written (rule 6)."""
+        if self.backend is None or not self.rx_ready():
+            return {}
+        fd = self.backend.fileno()
+        return {fd: self._receive_ready} if fd is not None else {}
+
+    def _receive_ready(self) -> None:
+        self.receive_pending()
+
+    def run_posted(self) -> bool:
+        """Run posted ring work (rule 3), and take frames a descriptor-less backend
+        announced through the waker (rule 6); whether there was any work."""
+        ran = self._run_posted_ring_work()
+        if self._waker is not None and self.rx_ready():
+            ran = bool(self.receive_pending()) or ran
+        return ran
+
+    def quiesce(self) -> None:
+        """Nothing the e1000 does outlives a call but posted work: run it (rule 3)."""
+        self._run_posted_ring_work()
+
     # -- snapshot ------------------------------------------------------------------------
 
     def state(self) -> E1000State:
-        """The device's state as plain data (pending deferred work runs first, rule 3)."""
-        self.run_deferred()
+        """The device's state as plain data (posted work runs first, rule 3)."""
+        self._run_posted_ring_work()
         regs, cable, latched, an = self.phy.snapshot()
         now, asserted, last, deadlines = self.irq.snapshot()
         return E1000State(
@@ -516,7 +557,7 @@ class E1000(PciFunction):
         self.eeprom_port.load(state.eeprom_port)
         self.phy.load(state.phy_regs, state.phy_cable, state.phy_link_latched_low, state.phy_an_complete)
         self._link_reported = state.link_reported
-        self.work_due = self._tx_due = self._pull_due = False  # a snapshot never holds any
+        self._posted = self._tx_due = self._pull_due = False  # a snapshot never holds any
         self.irq.load(state.irq_now, state.irq_asserted, state.irq_last_assert, state.irq_deadlines)
         self.tx.ctx_normal = _context_from(state.tx_context_normal)
         self.tx.ctx_tso = _context_from(state.tx_context_tso)

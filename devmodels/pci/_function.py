@@ -19,6 +19,8 @@ Rules:
    Status.INTERRUPT (§6.2.3). MSI/MSI-X messages are memory writes, so they leave only while
    Bus Master Enable is set; otherwise they are dropped with a ``pci.msi_blocked`` event.
 5. ``dma_allowed`` is Command.MASTER: a device must not start DMA while it is clear.
+6. Every function is a ``devmodels.runtime.ServedDevice``: by default one with no backends,
+   timers or posted work; devices that have them override those methods.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..runtime import ServedDeviceDefaults
 from ._caps import CapabilityList
 from ._config import ConfigSpace
 from ._defs import (
@@ -144,8 +147,8 @@ class PciFunctionState:
 _STATE_VERSION = 1
 
 
-class PciFunction:
-    """A PCI function on which devices are built.
+class PciFunction(ServedDeviceDefaults):
+    """A PCI function on which devices are built (a ``ServedDevice``, rule 6).
 
     Args:
         vendor_id, device_id: the IDs.

@@ -16,7 +16,8 @@ import pytest
 
 from devmodels import GuestMemory
 from devmodels.pci import defs as p
-from mpqemu import EventLoop, serve
+from devmodels.runtime import EventLoop
+from mpqemu import serve
 from mpqemu import defs as d
 from mpqemu.testing import FakeProxy, Harness, ProbedBar
 from devmodels.testdev import PciTestDevice

@@ -1,4 +1,4 @@
-"""``python -m mpqemu --fd N --device NAME``."""
+"""``devmodels mpqemu --fd N --device NAME``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from devmodels.pci import defs as p
-from mpqemu import DEVICES, main
+from harness.serve.mpqemu_cmd import main
+from harness.serve.registry import DEVICES
 from mpqemu.testing import FakeProxy
 from devmodels.testdev import regs as r
 
@@ -64,7 +65,7 @@ def test_main_serves_until_the_peer_closes() -> None:
 def test_module_entry_point_in_a_subprocess() -> None:
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpqemu", "--fd", str(ours.fileno()), "--device", "testdev", "--show-msi"],
+        [sys.executable, "-m", "devmodels", "mpqemu", "--fd", str(ours.fileno()), "--device", "testdev", "--show-msi"],
         pass_fds=[ours.fileno()],
     )
     ours.close()
@@ -80,7 +81,7 @@ def test_module_entry_point_in_a_subprocess() -> None:
 def test_sigusr1_writes_a_stats_line_and_poll_us_serves() -> None:
     ours, theirs = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpqemu", "--fd", str(ours.fileno()), "--device", "testdev",
+        [sys.executable, "-m", "devmodels", "mpqemu", "--fd", str(ours.fileno()), "--device", "testdev",
          "--poll-us", "20"],
         pass_fds=[ours.fileno()],
         stderr=subprocess.PIPE,

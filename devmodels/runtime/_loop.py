@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from devmodels._errors import UsageError
+from .._errors import UsageError
 
 __all__ = ["EventLoop", "Timer", "Callback"]
 

@@ -1,10 +1,9 @@
-"""The served-device glue for AHCI (``served.PolledBlockDevice``, ``--opt`` handling) and the
-event loop's busy polling, through an in-process server and a fake proxy."""
+"""AHCI built by the registry (``--opt`` handling) and served by ``DeviceRunner`` behind an
+in-process mpqemu server and a fake proxy; the event loop's busy polling."""
 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
 from devmodels.pci import defs as p
-from mpqemu import EventLoop
-from mpqemu.served import PolledBlockDevice, build_device
+from devmodels.runtime import DeviceRunner, EventLoop
+from harness.serve.registry import BuiltDevice, build
 from mpqemu.testing import Harness
 
 ABAR = 0xFEBF_0000
@@ -30,16 +29,14 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
-def _served(image: Path, *opts: str) -> PolledBlockDevice:
-    served = build_device("ahci", GuestMemory(), [f"file:{image}"], list(opts))
-    assert isinstance(served, PolledBlockDevice)
-    return served
+def _served(image: Path, *opts: str) -> BuiltDevice:
+    return build("ahci", GuestMemory(), [f"file:{image}"], list(opts))
 
 
 def test_default_options_post_writes_and_read_cached_data_inline(image: Path) -> None:
     served = _served(image)
     try:
-        assert served.device.posted_writes
+        assert served.function.posted_writes
         assert served.backends[0].reads_inline == hasattr(os, "RWF_NOWAIT")
     finally:
         served.close()
@@ -48,7 +45,7 @@ def test_default_options_post_writes_and_read_cached_data_inline(image: Path) ->
 def test_options_turn_posting_and_inline_reads_off(image: Path) -> None:
     served = _served(image, "posted=off", "inline-reads=off", "workers=2")
     try:
-        assert not served.device.posted_writes
+        assert not served.function.posted_writes
         assert not served.backends[0].reads_inline
     finally:
         served.close()
@@ -76,10 +73,13 @@ class _Rig:
 
     def __init__(self, image: Path, *opts: str) -> None:
         self.memory = GuestMemory()
-        self.served = build_device("ahci", self.memory, [f"file:{image}"], list(opts))
+        self.served = build("ahci", self.memory, [f"file:{image}"], list(opts))
+        assert self.served.function is not None
         self.h = Harness(self.served.function, self.memory)
-        self.served.attach(self.h.server.loop)
-        self.h.server.after_dispatch.append(lambda: self.served.after_message(self.h.server.loop))
+        self.runner = DeviceRunner(self.served.served, self.h.server.loop)
+        self.runner.attach()
+        self.h.server.before_dispatch.append(self.runner.before_access)
+        self.h.server.after_dispatch.append(self.runner.after_access)
         self.ram = MemoryRegion.memfd(0, RAM)
         assert self.ram.fd is not None
         proxy = self.h.proxy
@@ -99,6 +99,7 @@ class _Rig:
 
     def close(self) -> None:
         self.h.close()
+        self.runner.close()
         self.served.close()
         self.ram.close()
 
@@ -129,30 +130,10 @@ def test_a_posted_command_runs_right_after_the_reply(image: Path) -> None:
         drv = rig.driver
         drv.prepare(0, 0, TaskFile(command=d.ATA_CMD_CHK_POWER))
         drv.set_preg(0, r.PxCI, 1)  # one message: after its reply the glue polled
-        assert not rig.served.device.posted
-        assert rig.served.device.ports[0].regs["PxCI"] == 0
+        assert not rig.served.served.posted
+        assert rig.served.function.ports[0].regs["PxCI"] == 0  # type: ignore[union-attr]
     finally:
         rig.close()
-
-
-def test_completions_on_the_loop_thread_only_mark_work(image: Path) -> None:
-    served = _served(image)
-    loop = EventLoop()
-    try:
-        served.attach(loop)
-        served._notify()  # same thread: no eventfd write, a mark
-        assert served._marked
-        with pytest.raises(BlockingIOError):
-            os.eventfd_read(served._wake)
-        served.after_message(loop)
-        assert not served._marked
-        worker = threading.Thread(target=served._notify)
-        worker.start()
-        worker.join()
-        assert os.eventfd_read(served._wake) == 1  # another thread wakes the loop
-    finally:
-        served.close()
-        loop.close()
 
 
 def test_busy_polling_loop_dispatches_readers_and_timers() -> None:

@@ -1,4 +1,4 @@
-"""``defer_work=True``: TDT/RDT/TCTL/RCTL writes leave their ring work to ``run_deferred()``
+"""``posted_writes=True``: TDT/RDT/TCTL/RCTL writes leave their ring work to ``run_posted()``
 (device.py rule 3), and nothing the driver can observe changes order."""
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from .conftest import Rig
 PEER = bytes.fromhex("020000000001")
 
 
-class DeferredRig(Rig):
-    """``Rig`` with a device built with ``defer_work=True``."""
+class PostedRig(Rig):
+    """``Rig`` with a device built with ``posted_writes=True``."""
 
     def __init__(self) -> None:
         self.machine = Machine(ram_size=16 << 20, ram_backing="bytearray")
         self.host, self.wire = LoopbackBackend.pair(capacity=4096)
-        self.device = E1000(self.machine.memory, self.wire, defer_work=True)
+        self.device = E1000(self.machine.memory, self.wire, posted_writes=True)
         self.machine.add_pci(self.device)
         self.driver = E1000Driver(self.machine, self.device)
 
 
 @pytest.fixture
-def deferred() -> Iterator[DeferredRig]:
-    rig = DeferredRig()
+def posted() -> Iterator[PostedRig]:
+    rig = PostedRig()
     rig.up()
     yield rig
     rig.close()
@@ -43,55 +43,55 @@ def _frame(n: int, size: int = 100) -> bytes:
     return PEER + bytes.fromhex("525400123456") + b"\x08\x00" + bytes([n & 0xFF]) * (size - 14)
 
 
-def test_tdt_write_only_notes_the_work(deferred: DeferredRig) -> None:
-    dev = deferred.device
-    dev.run_deferred()
-    deferred.sent()
-    deferred.driver.xmit(_frame(1))
-    assert dev.work_due
-    assert deferred.sent() == []  # answered before the ring was walked
-    assert dev.run_deferred() is True
-    assert deferred.sent() == [_frame(1)]
-    assert dev.run_deferred() is False and not dev.work_due
+def test_tdt_write_only_notes_the_work(posted: PostedRig) -> None:
+    dev = posted.device
+    dev.run_posted()
+    posted.sent()
+    posted.driver.xmit(_frame(1))
+    assert dev.posted
+    assert posted.sent() == []  # answered before the ring was walked
+    assert dev.run_posted() is True
+    assert posted.sent() == [_frame(1)]
+    assert dev.run_posted() is False and not dev.posted
 
 
-def test_next_bar_access_runs_pending_work_first(deferred: DeferredRig) -> None:
-    drv = deferred.driver
+def test_next_bar_access_runs_pending_work_first(posted: PostedRig) -> None:
+    drv = posted.driver
     drv.xmit(_frame(2))
     assert drv.er32(r.TDH) == drv.tx_next  # the read saw the ring already walked
-    assert deferred.sent()[-1] == _frame(2)
+    assert posted.sent()[-1] == _frame(2)
 
 
-def test_io_window_access_runs_pending_work_first(deferred: DeferredRig) -> None:
-    drv = deferred.driver
+def test_io_window_access_runs_pending_work_first(posted: PostedRig) -> None:
+    drv = posted.driver
     drv.xmit(_frame(3))
-    deferred.machine.pio.write(drv.io + r.IOADDR, 4, r.TDH)
-    assert deferred.machine.pio.read(drv.io + r.IODATA, 4) == drv.tx_next
+    posted.machine.pio.write(drv.io + r.IOADDR, 4, r.TDH)
+    assert posted.machine.pio.read(drv.io + r.IODATA, 4) == drv.tx_next
 
 
-def test_rdt_write_pulls_waiting_frames_only_when_run(deferred: DeferredRig) -> None:
-    dev, drv = deferred.device, deferred.driver
+def test_rdt_write_pulls_waiting_frames_only_when_run(posted: PostedRig) -> None:
+    dev, drv = posted.device, posted.driver
     ring = dev.rx.free_descriptors()
     for n in range(ring + 4):  # more than the ring holds: the rest wait in the backend
-        deferred.host.send(bytes.fromhex("525400123456") + PEER + b"\x08\x00" + bytes([n]) * 46)
+        posted.host.send(bytes.fromhex("525400123456") + PEER + b"\x08\x00" + bytes([n]) * 46)
     dev.receive_pending(ring + 4)
     assert len(drv.clean_rx()) == ring  # the driver refills, writing RDT
-    assert dev.work_due
+    assert dev.posted
     assert dev.rx.free_descriptors() == ring  # nothing pulled yet
-    dev.run_deferred()
+    dev.run_posted()
     assert dev.rx.free_descriptors() == ring - 4
     assert len(drv.clean_rx()) == 4
 
 
-def test_state_runs_pending_work_and_reset_drops_it(deferred: DeferredRig) -> None:
-    dev, drv = deferred.device, deferred.driver
+def test_state_runs_pending_work_and_reset_drops_it(posted: PostedRig) -> None:
+    dev, drv = posted.device, posted.driver
     drv.xmit(_frame(4))
     dev.state()
-    assert not dev.work_due and deferred.sent()[-1] == _frame(4)
+    assert not dev.posted and posted.sent()[-1] == _frame(4)
     drv.xmit(_frame(5))
     dev.reset()
-    assert not dev.work_due and dev.run_deferred() is False
-    assert _frame(5) not in deferred.sent()
+    assert not dev.posted and dev.run_posted() is False
+    assert _frame(5) not in posted.sent()
 
 
 @settings(max_examples=30, deadline=None)
@@ -99,7 +99,7 @@ def test_state_runs_pending_work_and_reset_drops_it(deferred: DeferredRig) -> No
 def test_same_wire_and_counters_as_immediate_mode(packets: list[tuple[int, bool]]) -> None:
     results = []
     for defer in (False, True):
-        rig = DeferredRig() if defer else Rig()
+        rig = PostedRig() if defer else Rig()
         try:
             drv = rig.up()
             for n, (size, tso) in enumerate(packets):
@@ -110,7 +110,7 @@ def test_same_wire_and_counters_as_immediate_mode(packets: list[tuple[int, bool]
                     drv.xmit(frame[:1514], csum_start=34, csum_offset=16)
                 drv.poll()
                 drv.clean_tx()
-            rig.device.run_deferred()
+            rig.device.run_posted()
             results.append((rig.sent(), drv.er32(r.STATS_32["GPTC"]), drv.er32(r.TDH)))
         finally:
             rig.close()
