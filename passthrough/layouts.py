@@ -48,6 +48,11 @@ __all__ = [
     "VfioDeviceFeatureMigration",
     "VfioDeviceFeatureMigState",
     "VfioUserMigData",
+    "VfioDmaLoggingControl",
+    "VfioDmaLoggingRange",
+    "VfioDmaLoggingReport",
+    "VfioUserWriteMultiEntry",
+    "VfioUserWriteMultiCount",
     "vfio_info_cap_header",
     "vfio_group_status",
     "vfio_device_info",
@@ -74,6 +79,11 @@ __all__ = [
     "vfio_device_feature_migration",
     "vfio_device_feature_mig_state",
     "vfio_user_mig_data",
+    "vfio_device_feature_dma_logging_control",
+    "vfio_device_feature_dma_logging_range",
+    "vfio_device_feature_dma_logging_report",
+    "vfio_user_write_multi_count",
+    "vfio_user_write_multi_entry",
 ]
 
 T = TypeVar("T", bound=tuple)  # a NamedTuple class
@@ -397,3 +407,60 @@ vfio_device_feature_mig_state: Layout[VfioDeviceFeatureMigState] = Layout(
     "vfio_device_feature_mig_state", "=Ii", VfioDeviceFeatureMigState
 )
 vfio_user_mig_data: Layout[VfioUserMigData] = Layout("vfio_user_mig_data", "=II", VfioUserMigData)
+
+
+class VfioDmaLoggingControl(NamedTuple):
+    """``struct vfio_device_feature_dma_logging_control`` before ``ranges`` (vfio-user form)."""
+
+    page_size: int
+    num_ranges: int
+
+
+class VfioDmaLoggingRange(NamedTuple):
+    """``struct vfio_device_feature_dma_logging_range``."""
+
+    iova: int
+    length: int
+
+
+class VfioDmaLoggingReport(NamedTuple):
+    """``struct vfio_device_feature_dma_logging_report`` before the bitmap (vfio-user form)."""
+
+    iova: int
+    length: int
+    page_size: int
+
+
+class VfioUserWriteMultiEntry(NamedTuple):
+    """One write of ``VFIO_USER_REGION_WRITE_MULTI`` ("Single Device Write Format")."""
+
+    offset: int
+    region: int
+    count: int  # type: ignore[assignment]  # the spec name shadows tuple.index/count
+    data: bytes
+
+
+class VfioUserWriteMultiCount(NamedTuple):
+    """``wr_cnt`` of ``VFIO_USER_REGION_WRITE_MULTI`` (request and reply)."""
+
+    wr_cnt: int
+
+
+# vfio-user.rst "VFIO_DEVICE_FEATURE_DMA_LOGGING_START": the data is inline, not a pointer
+# to the ranges as in linux/vfio.h (page_size, num_ranges, reserved, then ranges[]).
+vfio_device_feature_dma_logging_control: Layout[VfioDmaLoggingControl] = Layout(
+    "vfio_device_feature_dma_logging_control", "=QI4x", VfioDmaLoggingControl
+)
+vfio_device_feature_dma_logging_range: Layout[VfioDmaLoggingRange] = Layout(
+    "vfio_device_feature_dma_logging_range", "=QQ", VfioDmaLoggingRange
+)
+# "VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT": iova, length, page_size, then the bitmap.
+vfio_device_feature_dma_logging_report: Layout[VfioDmaLoggingReport] = Layout(
+    "vfio_device_feature_dma_logging_report", "=QQQ", VfioDmaLoggingReport
+)
+vfio_user_write_multi_count: Layout[VfioUserWriteMultiCount] = Layout(
+    "vfio_user_write_multi_count", "=Q", VfioUserWriteMultiCount
+)
+vfio_user_write_multi_entry: Layout[VfioUserWriteMultiEntry] = Layout(
+    "vfio_user_write_multi_entry", "=QII8s", VfioUserWriteMultiEntry
+)

@@ -13,6 +13,8 @@ Rules (vfio-user.rst "VFIO_USER_DMA_MAP"/"DMA_UNMAP", "Client memory access"):
    make a later device DMA fault the server with SIGBUS. (A client that shrinks the file
    afterwards can still do that; sealing memfds with ``F_SEAL_SHRINK`` prevents it.)
 4. The table owns window fds and closes them when a window goes (unmap, disconnect).
+5. Device writes are observed, for DMA dirty-page logging, only by ``DmaMemory`` (its
+   write paths are the only hook a ``GuestMemory`` offers without touching the core).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from devmodels._fds import close_fds
 
 from ..defs import VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE
 from ..errors import VfioUserReject
+from .dirty import DirtyLog
 
 __all__ = ["DmaWindow", "DmaTable", "DmaChannel", "DmaMemory"]
 
@@ -212,12 +215,17 @@ class DmaMemory(GuestMemory):
     inside them to ``channel`` (rule 1). Zero-copy ``view``/``views`` of an fd-less window
     are impossible and raise ``GuestMemoryError``; the byte and scalar accessors work.
     A ``translate`` hook does not apply to fd-less windows.
+
+    While ``dirty`` holds a ``DirtyLog`` (the server's DMA logging), every device write
+    is recorded there by address, whichever window it lands in, and so is every view
+    handed out for writing (rule 5); with no log the write paths pay one ``None`` test.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._remote: list[DmaWindow] = []
         self.channel: DmaChannel | None = None
+        self.dirty: DirtyLog | None = None
 
     def add_remote(self, window: DmaWindow) -> None:
         """Register a window reached only by messages."""
@@ -286,6 +294,8 @@ class DmaMemory(GuestMemory):
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` (``GuestMemory.write``)."""
+        if self.dirty is not None:
+            self.dirty.mark(gpa, memoryview(data).nbytes)
         if self._remote:
             raw = bytes(memoryview(data).cast("B"))
             window = self._remote_for(gpa, len(raw))
@@ -296,6 +306,8 @@ class DmaMemory(GuestMemory):
 
     def fill(self, gpa: int, length: int, value: int = 0) -> None:
         """Set ``length`` bytes to ``value`` (``GuestMemory.fill``)."""
+        if self.dirty is not None:
+            self.dirty.mark(gpa, length)
         if self._remote and length >= 0:
             window = self._remote_for(gpa, length)
             if window is not None:
@@ -305,12 +317,17 @@ class DmaMemory(GuestMemory):
 
     def view(self, gpa: int, length: int, access: Access = Access.READ) -> memoryview:
         """A zero-copy view; impossible inside a message-only window."""
+        if self.dirty is not None and access & Access.WRITE:
+            self.dirty.mark(gpa, length)
         if self._remote and self._remote_for(gpa, length) is not None:
             raise GuestMemoryError(gpa, length, "message-only DMA window cannot be viewed (no fd)")
         return super().view(gpa, length, access)
 
     def views(self, segments: list[tuple[int, int]], access: Access = Access.READ) -> list[memoryview]:  # type: ignore[override]
         """Zero-copy views; impossible inside a message-only window."""
+        if self.dirty is not None and access & Access.WRITE:
+            for gpa, length in segments:
+                self.dirty.mark(gpa, length)
         if self._remote:
             for gpa, length in segments:
                 if self._remote_for(gpa, length) is not None:
@@ -326,6 +343,8 @@ class DmaMemory(GuestMemory):
         return int.from_bytes(self._remote_read(window, gpa, size), "little")
 
     def _store(self, gpa: int, size: int, value: int) -> bool:
+        if self.dirty is not None:
+            self.dirty.mark(gpa, size)
         if not self._remote:
             return False
         window = self._remote_for(gpa, size)
@@ -384,6 +403,8 @@ class DmaMemory(GuestMemory):
 
     def write_struct(self, layout: struct.Struct, gpa: int, *values: int) -> None:
         """Pack ``values`` with ``layout`` at ``gpa``."""
+        if self.dirty is not None:
+            self.dirty.mark(gpa, layout.size)
         if self._remote:
             window = self._remote_for(gpa, layout.size)
             if window is not None:

@@ -27,6 +27,14 @@ Rules:
    ``count == 0`` disables an index.
 3. Eventfds are written non-blocking; a full or broken fd drops the interrupt with a
    trace event and never stalls the server.
+4. ERR and REQ are vfio-pci's out-of-band notifications, one eventfd each, count 1
+   (``GET_IRQ_INFO``: ERR is ``EVENTFD|NORESIZE``, REQ ``EVENTFD``, as the kernel's
+   ``vfio_pci_ioctl_get_irq_info`` reports them; the kernel offers ERR only on PCI
+   Express functions, for AER, but the notification is the server's and any function can
+   fail, so every function has one). They are independent of the INTx/MSI/MSI-X choice
+   of rule 2 and not maskable. The server signals ERR when the device has failed
+   unrecoverably (``signal_err``; QEMU stops the VM on it) and REQ when it wants the
+   device back (``signal_req``; QEMU requests a hot-unplug).
 """
 
 from __future__ import annotations
@@ -55,10 +63,12 @@ from ..defs import (
     VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE,
     VFIO_IRQ_SET_DATA_TYPE_MASK,
+    VFIO_PCI_ERR_IRQ_INDEX,
     VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_PCI_MSIX_IRQ_INDEX,
     VFIO_PCI_NUM_IRQS,
+    VFIO_PCI_REQ_IRQ_INDEX,
 )
 from ..errors import VfioUserReject
 from .framing import close_fds
@@ -166,6 +176,7 @@ class ServerInterrupts:
         self.intx = IntxEventfd()
         self.vectors = VectorEventfds()
         self.active: int | None = None  # VFIO_PCI_{INTX,MSI,MSIX}_IRQ_INDEX or None
+        self.notify: dict[int, int | None] = {VFIO_PCI_ERR_IRQ_INDEX: None, VFIO_PCI_REQ_IRQ_INDEX: None}  # rule 4
         function.intx = self.intx
         function.msi_sink = self.vectors
 
@@ -180,7 +191,7 @@ class ServerInterrupts:
             return fn.msi.vectors if fn.msi is not None else 0
         if index == VFIO_PCI_MSIX_IRQ_INDEX:
             return fn.msix.vectors if fn.msix is not None else 0
-        return 0
+        return 1 if index in self.notify else 0
 
     def info(self, index: int) -> IrqInfo:
         """``struct vfio_irq_info`` for ``index``.
@@ -193,7 +204,7 @@ class ServerInterrupts:
         flags = VFIO_IRQ_INFO_EVENTFD
         if index == VFIO_PCI_INTX_IRQ_INDEX:
             flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
-        elif index in (VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
+        elif index in (VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_ERR_IRQ_INDEX):
             flags |= VFIO_IRQ_INFO_NORESIZE
         return IrqInfo(index, flags, self.count(index))
 
@@ -232,12 +243,44 @@ class ServerInterrupts:
         if data_kind == VFIO_IRQ_SET_DATA_EVENTFD and fds and len(fds) != count:
             raise VfioUserReject(errno.EINVAL, f"DATA_EVENTFD needs {count} descriptors, got {len(fds)}")
         selected = [i for i in range(count) if data_kind != VFIO_IRQ_SET_DATA_BOOL or data[i]]
+        if index in self.notify:
+            return self._notification(index, action, data_kind, bool(selected), fds)
         if action != VFIO_IRQ_SET_ACTION_TRIGGER:
             return self._mask_action(index, action, data_kind, bool(selected))
         if data_kind == VFIO_IRQ_SET_DATA_EVENTFD:
             return self._wire(index, start, count, fds)
         self._loopback(index, [start + i for i in selected])
         return []
+
+    def _notification(self, index: int, action: int, data_kind: int, selected: bool, fds: Sequence[int]) -> list[int]:
+        """SET_IRQS on ERR or REQ (rule 4): wire, unwire or loop back one eventfd."""
+        if action != VFIO_IRQ_SET_ACTION_TRIGGER:
+            raise VfioUserReject(errno.EINVAL, f"IRQ index {index} is not maskable")
+        if data_kind != VFIO_IRQ_SET_DATA_EVENTFD:
+            if selected:
+                self._signal(index)
+            return []
+        try:
+            kept = [_adopt(fd) for fd in fds if fd >= 0]
+        except OSError as exc:
+            raise VfioUserReject(errno.EBADF, f"unusable eventfd: {exc}") from None
+        old = self.notify[index]
+        if old is not None and old not in kept:
+            close_fds([old])
+        self.notify[index] = kept[0] if kept else None
+        return kept
+
+    def _signal(self, index: int) -> bool:
+        fd = self.notify[index]
+        return fd is not None and signal_eventfd(fd)
+
+    def signal_err(self) -> bool:
+        """Tell the client the device failed unrecoverably (rule 4); whether an fd was written."""
+        return self._signal(VFIO_PCI_ERR_IRQ_INDEX)
+
+    def signal_req(self) -> bool:
+        """Ask the client to release the device (rule 4); whether an fd was written."""
+        return self._signal(VFIO_PCI_REQ_IRQ_INDEX)
 
     def _mask_action(self, index: int, action: int, data_kind: int, selected: bool) -> list[int]:
         if index != VFIO_PCI_INTX_IRQ_INDEX:
@@ -293,6 +336,12 @@ class ServerInterrupts:
         return kept
 
     def _disable(self, index: int) -> None:
+        if index in self.notify:
+            old = self.notify[index]
+            if old is not None:
+                close_fds([old])
+            self.notify[index] = None
+            return
         if index == VFIO_PCI_INTX_IRQ_INDEX:
             self.intx.set_fd(None)
         elif self.active == index:
@@ -311,6 +360,8 @@ class ServerInterrupts:
         for index in (VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX):
             self._disable(index)
         self.vectors.close()
+        for index in self.notify:
+            self._disable(index)
 
     # -- programming the function's own capability (see the module docstring) ------------
 

@@ -142,6 +142,17 @@ class MigrationStateMachine:
                 raise
             self.state = step
 
+    def abandon(self) -> None:
+        """The client went away: a data session in progress ends without effect.
+
+        ``STOP_COPY`` and ``RESUMING`` fall back to ``STOP`` (outgoing data dropped,
+        incoming data discarded unapplied); every other state is kept, as the device's.
+        """
+        if self.state in (STOP_COPY, RESUMING):
+            self.state = STOP
+        self._outgoing, self._sent = b"", 0
+        self._incoming = bytearray()
+
     def reset(self) -> None:
         """``DEVICE_RESET`` leaves any state (``ERROR`` included) for ``RUNNING``."""
         self.state = RUNNING

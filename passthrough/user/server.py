@@ -3,34 +3,68 @@
 Regions (vfio-pci's fixed layout, ``linux/vfio.h``): 0–5 are the function's BARs
 (``bar_read``/``bar_write`` at offsets), 6 (ROM) and 8 (VGA) are absent (size 0), 7 is
 config space (``config_read``/``config_write``). IRQ indexes: INTx, MSI, MSI-X with the
-function's vector counts (``irqs.ServerInterrupts``); ERR and REQ have none. DMA windows
-from the client become regions of the device's ``GuestMemory`` (``dma.DmaTable``).
+function's vector counts, ERR and REQ with one eventfd each (``irqs.ServerInterrupts``).
+DMA windows from the client become regions of the device's ``GuestMemory``
+(``dma.DmaTable``).
 
 Rules:
 
 1. Every command is answered from a table (``_HANDLERS``); before ``VFIO_USER_VERSION``
-   only ``VERSION`` is accepted, after it ``VERSION`` is refused.
+   only ``VERSION`` is accepted, after it ``VERSION`` is refused. ``VERSION`` is answered
+   by ``negotiate.negotiate``: only capabilities the client proposed, each number the
+   smaller of ours and the proposal. The negotiated values (``limits``) are enforced for
+   the rest of the connection: fds per message, bytes per transfer, DMA windows.
 2. Client input is untrusted (vfio-user.rst "Security Considerations"): a malformed or
    invalid command gets an error reply with an errno (``VfioUserReject``), the fds it
    carried are closed, and the server carries on. Only a header that breaks the framing
    (``msg_size`` below 16 or above the limit) ends the connection, after an error reply.
-   Nothing the client sends raises out of ``serve``.
+   Nothing the client sends raises out of ``serve``. Every refusal, of a negotiation, a
+   command or the stream, is traced and logged at WARNING with its reason (the first
+   ``_LOG_EACH`` of each kind per connection; the rest are counted and the count logged
+   at disconnect), never silent.
 3. All work is bounded: a region access moves at most ``max_data_xfer_size`` bytes, split
    into naturally aligned 1/2/4/8-byte accesses (1/2/4 for config space) exactly as the
-   core bus splits guest accesses.
+   core bus splits guest accesses, whatever the size and alignment the client sends.
+   ``REGION_WRITE_MULTI`` (offered as ``write_multiple``) is a list of such writes of
+   at most 8 bytes each, applied in order; a bad entry stops the list there with an error.
 4. ``argsz`` in a request is the largest reply payload the client accepts (vfio-user.rst
    "Message sizes"); a value below the fixed structure is ``EINVAL``, as is one claiming
    more request bytes than were sent for the commands where it sizes the request.
 5. Writes the client makes to the MSI and MSI-X capabilities and to the MSI-X table/PBA
    are dropped: the server programs those itself from ``SET_IRQS`` (see ``irqs``), as
    kernel vfio-pci virtualizes them.
-6. On disconnect every DMA window is unmapped and every fd the client gave is closed; the
-   device keeps its state (vfio-user.rst "Client Disconnection").
+6. Client disconnection (vfio-user.rst "Client Disconnection"; tested by a second client
+   connecting after the first went away). Dropped: every DMA window (unmapped, its fd
+   closed), every IRQ eventfd (INTx/MSI/MSI-X/ERR/REQ; the MSI/MSI-X capability the server
+   programmed is disabled again), the negotiated capabilities (the next client starts
+   with ``VFIO_USER_VERSION``), DMA dirty logging, a migration data session in progress
+   (``STOP_COPY``/``RESUMING`` fall back to ``STOP``), queued commands. Kept: the device
+   itself, registers, config space, internal state, the migration state otherwise. A
+   device DMA after the disconnect faults (``GuestMemoryError``) as any DMA outside RAM.
 7. Device DMA to windows without an fd goes out as ``VFIO_USER_DMA_READ``/``DMA_WRITE``
    on the same socket; commands that arrive while the server waits for their replies are
    queued (at most ``_MAX_QUEUED``) and run afterwards in order.
 8. Migration (``DEVICE_FEATURE``, ``MIG_DATA_READ``/``WRITE``) goes through the device's
-   snapshot contract; see ``migration``.
+   snapshot contract; see ``migration``. ``MIG_DATA_WRITE`` takes any ``argsz`` from the
+   fixed 8 bytes up (libvfio-user sends 8 + size, the spec's minimum is 8). A
+   ``MIG_DATA_READ`` reply carries the data in ``argsz``/``size`` and is zero-padded to
+   the size asked, as libvfio-user's server sends it: libvfio-user's client takes a reply
+   of any other length for a broken connection, and a client reading ``size`` (ours,
+   the spec's) is indifferent to the padding. DMA dirty
+   logging is ``DEVICE_FEATURE`` too (``features``). The older ``DMA_UNMAP``
+   ``GET_DIRTY_BITMAP`` flag is no longer in the spec ("flags is unused" but for
+   ``VFIO_DMA_UNMAP_FLAG_ALL``, which QEMU sends and which unmaps every window) and is
+   refused with ``ENOTSUP``.
+9. ``VFIO_USER_DEVICE_RESET`` resets the device; DMA windows and eventfds stay wired (the
+   MSI/MSI-X programming is re-applied), the migration state returns to ``RUNNING``.
+10. A device model that raises while handling a command has failed in an unknown state:
+    the command gets ``EIO`` and the server signals the ERR eventfd (``report_error``),
+    vfio-pci's unrecoverable-error notification.
+11. Served on an event loop (``serve(sock, loop=..., runner=...)``), the socket is one
+    reader beside the device's own descriptors and timers (``devmodels.runtime``): the
+    ``DeviceRunner`` serving the same device catches its clock up before each message and
+    runs its posted work after it — after the reply, or right away for a posted
+    (``NO_REPLY``) region write.
 """
 
 from __future__ import annotations
@@ -38,17 +72,20 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import mmap
 import socket
 from collections.abc import Callable
 from typing import TypeVar
 
 from devmodels import GuestMemory, GuestMemoryError, trace
 from devmodels.pci import PciFunction
+from devmodels.runtime import DeviceRunner, EventLoop
 from devmodels.pci import defs as pcidefs
 
 from ..defs import (
     VFIO_DEVICE_FLAGS_PCI,
     VFIO_DEVICE_FLAGS_RESET,
+    VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
     VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_NUM_IRQS,
@@ -56,13 +93,6 @@ from ..defs import (
     VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
     VFIO_USER_COMMAND_NAMES,
-    VFIO_DEVICE_FEATURE_GET,
-    VFIO_DEVICE_FEATURE_MASK,
-    VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-    VFIO_DEVICE_FEATURE_MIGRATION,
-    VFIO_DEVICE_FEATURE_PROBE,
-    VFIO_DEVICE_FEATURE_SET,
-    VFIO_MIGRATION_STOP_COPY,
     VFIO_USER_DEVICE_FEATURE,
     VFIO_USER_DEVICE_GET_INFO,
     VFIO_USER_DEVICE_GET_IRQ_INFO,
@@ -81,16 +111,16 @@ from ..defs import (
     VFIO_USER_MIG_DATA_READ,
     VFIO_USER_MIG_DATA_WRITE,
     VFIO_USER_MINOR,
+    VFIO_USER_MULTI_DATA,
     VFIO_USER_REGION_READ,
     VFIO_USER_REGION_WRITE,
+    VFIO_USER_REGION_WRITE_MULTI,
     VFIO_USER_VERSION,
 )
 from ..errors import VfioUserDisconnectedError, VfioUserReject
 from ..layouts import (
     Layout,
     LayoutError,
-    vfio_device_feature_mig_state,
-    vfio_device_feature_migration,
     vfio_irq_info,
     vfio_irq_set,
     vfio_region_info,
@@ -98,20 +128,25 @@ from ..layouts import (
     vfio_user_dma_map,
     vfio_user_dma_region_access,
     vfio_user_dma_unmap,
-    vfio_user_device_feature,
     vfio_user_mig_data,
     vfio_user_region_access,
+    vfio_user_write_multi_count,
+    vfio_user_write_multi_entry,
 )
 from .dma import DmaMemory, DmaTable
+from .features import DeviceFeatures
 from .framing import Message, MessageSocket, VfioUserFramingError
 from .irqs import ServerInterrupts
 from .migration import MigrationStateMachine
-from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version
+from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version, negotiate
 
 __all__ = ["VfioUserServer", "access_pieces"]
 
 _log = logging.getLogger("devmodels.passthrough.vfio_user")
 _tp_reject = trace.tracepoint("vfio_user.reject")
+_tp_negotiated = trace.tracepoint("vfio_user.negotiated")
+_tp_stream = trace.tracepoint("vfio_user.stream_error")
+_tp_device_error = trace.tracepoint("vfio_user.device_error")
 _tp_command = trace.tracepoint("vfio_user.command")
 _tp_dropped_write = trace.tracepoint("vfio_user.dropped_write")
 
@@ -119,6 +154,10 @@ T = TypeVar("T", bound=tuple)
 
 _MAX_QUEUED = 64
 _PAYLOAD_SLACK = 4096  # room above max_data_xfer_size for fixed structures and IRQ bools
+_LOG_EACH = 8  # refusals of one kind logged per connection before they are only counted (rule 2)
+# Page sizes a DMA window may use: any power of two the host can mmap (fd offsets must be
+# page aligned, dma rule 3), as the "pgsizes" mask of vfio-user.rst "VFIO_USER_VERSION".
+SERVER_PGSIZES = ~(mmap.PAGESIZE - 1) & ((1 << 64) - 1)
 
 
 def access_pieces(offset: int, count: int, widest: int) -> list[tuple[int, int]]:
@@ -155,9 +194,10 @@ class VfioUserServer:
             (pass a ``DmaMemory`` to also accept windows without an fd).
         reset: what ``VFIO_USER_DEVICE_RESET`` calls; default ``function.reset()`` if the
             device defines one, else ``function.reset_function()``.
-        max_data_xfer_size: the largest region/DMA transfer accepted (advertised).
-        max_dma_maps: the most DMA windows at once (advertised).
-        max_msg_fds: the most fds accepted with one message (advertised).
+        max_data_xfer_size: the largest region/DMA transfer accepted (offered; the
+            client's proposal may lower it, rule 1).
+        max_dma_maps: the most DMA windows at once (offered, may be lowered).
+        max_msg_fds: the most fds accepted with one message (offered, may be lowered).
     """
 
     def __init__(
@@ -176,13 +216,17 @@ class VfioUserServer:
         self.irqs = ServerInterrupts(function)
         self.dma = DmaTable(memory, max_dma_maps)
         self.migration = MigrationStateMachine(function, after_restore=self.irqs.reapply)
+        self.features = DeviceFeatures(self.migration, memory, lambda: self.dma.windows)
         default_reset = getattr(function, "reset", None)
         self._reset: Callable[[], None] = reset or (default_reset if callable(default_reset) else function.reset_function)
         self.caps = VersionCapabilities(
-            max_msg_fds=max_msg_fds, max_data_xfer_size=max_data_xfer_size, max_dma_maps=max_dma_maps
+            max_msg_fds=max_msg_fds, max_data_xfer_size=max_data_xfer_size, max_dma_maps=max_dma_maps,
+            pgsizes=SERVER_PGSIZES, write_multiple=True,
         )
         self.client_caps = VersionCapabilities()
+        self.limits = self.caps  # the negotiated values once VERSION is done (rule 1)
         self.negotiated = False
+        self._refusals: collections.Counter[tuple[int, int]] = collections.Counter()
         self._conn: MessageSocket | None = None
         self._queued: collections.deque[Message] = collections.deque()
         self._next_id = 0
@@ -198,6 +242,7 @@ class VfioUserServer:
             VFIO_USER_DEVICE_SET_IRQS: self._set_irqs,
             VFIO_USER_REGION_READ: self._region_read,
             VFIO_USER_REGION_WRITE: self._region_write,
+            VFIO_USER_REGION_WRITE_MULTI: self._region_write_multi,
             VFIO_USER_DEVICE_RESET: self._device_reset,
             VFIO_USER_DEVICE_FEATURE: self._device_feature,
             VFIO_USER_MIG_DATA_READ: self._mig_data_read,
@@ -206,9 +251,11 @@ class VfioUserServer:
 
     # -- connection -----------------------------------------------------------------------
 
-    def serve(self, sock: socket.socket) -> None:
-        """Serve one client on a connected socket until it disconnects (rules 2, 6).
+    def serve(self, sock: socket.socket, *, loop: EventLoop | None = None, runner: DeviceRunner | None = None) -> None:
+        """Serve one client on a connected socket until it disconnects (rules 2, 6, 11).
 
+        With ``loop``, the socket is one reader of that event loop, so the device's own
+        descriptors and timers (``runner``, serving the same device) run beside it (rule 11).
         The socket is closed on return.
         """
         conn = MessageSocket(
@@ -221,19 +268,37 @@ class VfioUserServer:
         if isinstance(self.memory, DmaMemory):
             self.memory.channel = self
         try:
-            while not self._closing:
-                message = self._queued.popleft() if self._queued else conn.recv()
-                if message is None:
-                    break
-                self.dispatch(message)
+            if loop is None:
+                while not self._closing:
+                    self._serve_next(conn, runner)
+            else:
+                fd = conn.fileno()
+                loop.add_reader(fd, lambda: self._serve_next(conn, runner))
+                try:
+                    loop.run(until=lambda: self._closing)
+                finally:
+                    loop.remove_reader(fd)
         except VfioUserFramingError as exc:
-            if exc.header is not None:
-                too_big = exc.header.msg_size > conn.max_payload
-                self._send_error(exc.header.msg_id, exc.header.command, errno.E2BIG if too_big else errno.EINVAL, str(exc))
+            self._refuse_stream(exc, conn)
         except VfioUserDisconnectedError:
             pass
         finally:
             self._disconnect()
+
+    def _serve_next(self, conn: MessageSocket, runner: DeviceRunner | None) -> None:
+        """Receive and handle one message, then any queued while a DMA reply was due (rule 7);
+        the runner's hooks run around them (rule 11)."""
+        message = self._queued.popleft() if self._queued else conn.recv()
+        if message is None:
+            self._closing = True
+            return
+        if runner is not None:
+            runner.before_access()
+        self.dispatch(message)
+        while self._queued and not self._closing:
+            self.dispatch(self._queued.popleft())
+        if runner is not None:
+            runner.after_access()
 
     def serve_forever(self, listener: socket.socket) -> None:
         """Accept clients on a listening socket one after the other (until it is closed)."""
@@ -253,16 +318,43 @@ class VfioUserServer:
             except OSError:
                 pass
 
+    def _refuse_stream(self, exc: VfioUserFramingError, conn: MessageSocket) -> None:
+        """A header broke the framing (rule 2): say why, answer it if it can be, then close."""
+        _log.warning("vfio-user: closing the connection: %s", exc)
+        if _tp_stream.on:
+            _tp_stream.emit(reason=str(exc))
+        if exc.header is not None:
+            too_big = exc.header.msg_size > conn.max_payload
+            self._send_error(exc.header.msg_id, exc.header.command, errno.E2BIG if too_big else errno.EINVAL, str(exc))
+
     def _disconnect(self) -> None:
+        """Drop what belongs to the client, keep the device (rule 6)."""
+        windows = len(self.dma.windows)
         if isinstance(self.memory, DmaMemory):
             self.memory.channel = None
+        self.features.stop_logging()
         self.dma.clear()
         self.irqs.close()
+        self.migration.abandon()
         while self._queued:
             self._queued.popleft().close_fds()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        unlogged = sum(n - _LOG_EACH for n in self._refusals.values() if n > _LOG_EACH)
+        if unlogged:
+            _log.warning("vfio-user: %d more refusals were not logged one by one: %s", unlogged, self._refusal_summary())
+        _log.info("vfio-user: client gone (%d DMA windows unmapped, %d commands refused)", windows, sum(self._refusals.values()))
+        self._refusals.clear()
+        self.negotiated = False
+        self.limits = self.caps
+        self.dma.max_windows = self.caps.max_dma_maps
+
+    def _refusal_summary(self) -> str:
+        return ", ".join(
+            f"{VFIO_USER_COMMAND_NAMES.get(command, command)}/{errno.errorcode.get(code, code)} x{n}"
+            for (command, code), n in sorted(self._refusals.items())
+        )
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -280,7 +372,7 @@ class VfioUserServer:
             if kind != VFIO_USER_F_TYPE_COMMAND:
                 raise VfioUserReject(errno.EINVAL, f"message type {kind} is neither command nor reply")
             if message.fds_truncated:
-                raise VfioUserReject(errno.EINVAL, f"more than {self.caps.max_msg_fds} file descriptors")
+                raise VfioUserReject(errno.EINVAL, f"more than {self.limits.max_msg_fds} file descriptors (max_msg_fds)")
             handler = self._handlers.get(message.command)
             if handler is None:
                 if message.command in (VFIO_USER_DMA_READ, VFIO_USER_DMA_WRITE):
@@ -292,8 +384,10 @@ class VfioUserServer:
         except VfioUserReject as exc:
             self._reject(message, exc)
             return
-        except Exception as exc:  # a device model bug must not kill the server (rule 2)
+        except Exception as exc:  # a device model bug must not kill the server (rules 2, 10)
             _log.exception("vfio-user %s handler failed", message.command)
+            # ERR before the reply: a client that sees the EIO has the notification too.
+            self.report_error(f"{VFIO_USER_COMMAND_NAMES.get(message.command, message.command)} raised {exc!r}")
             self._reject(message, VfioUserReject(errno.EIO, f"internal error: {exc!r}"))
             return
         finally:
@@ -305,6 +399,13 @@ class VfioUserServer:
         self.rejected += 1
         if _tp_reject.on:
             _tp_reject.emit(command=message.command, msg_id=message.msg_id, errno=exc.errno, reason=exc.reason)
+        kind = (message.command, exc.errno)
+        self._refusals[kind] += 1
+        seen = self._refusals[kind]
+        if seen <= _LOG_EACH:
+            name = VFIO_USER_COMMAND_NAMES.get(message.command, f"command {message.command}")
+            more = " (further refusals of this kind are counted, not logged)" if seen == _LOG_EACH else ""
+            _log.warning("vfio-user: refused %s (msg %#x): %s%s", name, message.msg_id, exc, more)
         if reply and not message.no_reply:
             self._send_error(message.msg_id, message.command, exc.errno, exc.reason)
 
@@ -329,15 +430,34 @@ class VfioUserServer:
         try:
             major, minor, caps = decode_version(message.payload)
         except VersionError as exc:
-            raise VfioUserReject(errno.EINVAL, str(exc)) from None
+            raise VfioUserReject(errno.EINVAL, f"malformed VERSION: {exc}") from None
         if major != VFIO_USER_MAJOR:
             # vfio-user.rst: the server "closes the connection if it cannot support the
             # advertised version"; the error reply tells the client why first.
             self._closing = True
             raise VfioUserReject(errno.ENOTSUP, f"major version {major} is not {VFIO_USER_MAJOR}")
+        try:
+            limits = negotiate(self.caps, caps)
+        except VersionError as exc:
+            raise VfioUserReject(errno.EINVAL, f"cannot agree on capabilities: {exc}") from None
+        self._apply_limits(limits)
         self.client_caps = caps
         self.negotiated = True
-        return encode_version(VFIO_USER_MAJOR, min(minor, VFIO_USER_MINOR), self.caps), []
+        version = (VFIO_USER_MAJOR, min(minor, VFIO_USER_MINOR))
+        _log.info("vfio-user: version %d.%d negotiated: %s", *version, limits.to_json()["capabilities"])
+        if _tp_negotiated.on:
+            _tp_negotiated.emit(
+                major=version[0], minor=version[1], proposed=sorted(caps.names or ()), max_msg_fds=limits.max_msg_fds,
+                max_data_xfer_size=limits.max_data_xfer_size, max_dma_maps=limits.max_dma_maps, pgsizes=limits.pgsizes,
+            )
+        return encode_version(*version, limits), []
+
+    def _apply_limits(self, limits: VersionCapabilities) -> None:
+        """Enforce the negotiated values from now on (rule 1)."""
+        self.limits = limits
+        self.dma.max_windows = limits.max_dma_maps
+        if self._conn is not None:
+            self._conn.max_fds = limits.max_msg_fds
 
     def _device_info(self, message: Message) -> tuple[bytes, list[int]]:
         self._no_fds(message)
@@ -390,7 +510,8 @@ class VfioUserServer:
         if len(message.fds) > 1:
             raise VfioUserReject(errno.EINVAL, f"DMA_MAP carries {len(message.fds)} file descriptors (at most 1)")
         fd = message.fds[0] if message.fds else None
-        self.dma.add(request.address, request.size, request.flags, fd, request.offset)
+        window = self.dma.add(request.address, request.size, request.flags, fd, request.offset)
+        self.features.window_added(window)
         return b"", [fd] if fd is not None else []
 
     def _dma_unmap(self, message: Message) -> tuple[bytes, list[int]]:
@@ -398,18 +519,27 @@ class VfioUserServer:
         request = _unpack(vfio_user_dma_unmap, message.payload)
         _check_argsz(request.argsz, vfio_user_dma_unmap.size, "DMA_UNMAP")
         if request.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP:
-            raise VfioUserReject(errno.ENOTSUP, "dirty page tracking is not supported")
-        if request.flags:
+            raise VfioUserReject(errno.ENOTSUP, "DMA_UNMAP GET_DIRTY_BITMAP is not supported (use DMA_LOGGING_REPORT)")
+        if request.flags & ~VFIO_DMA_UNMAP_FLAG_ALL:
             raise VfioUserReject(errno.EINVAL, f"unknown DMA_UNMAP flags {request.flags:#x}")
-        self.dma.remove(request.address, request.size)
-        reply = vfio_user_dma_unmap.pack(vfio_user_dma_unmap.size, 0, request.address, request.size)
+        if request.flags & VFIO_DMA_UNMAP_FLAG_ALL:
+            # linux/vfio.h VFIO_DMA_UNMAP_FLAG_ALL: every mapping; iova and size must be 0.
+            if request.address or request.size:
+                raise VfioUserReject(errno.EINVAL, "DMA_UNMAP ALL with a nonzero address or size")
+            for window in self.dma.windows:
+                self.features.window_removed(window)
+            self.dma.clear()
+        else:
+            self.features.window_removed(self.dma.remove(request.address, request.size))
+        # "The server responds with the original DMA entry in the request."
+        reply = vfio_user_dma_unmap.pack(vfio_user_dma_unmap.size, request.flags, request.address, request.size)
         return reply, []
 
     def _check_access(self, region: int, offset: int, count: int) -> None:
         if not 0 <= region < VFIO_PCI_NUM_REGIONS:
             raise VfioUserReject(errno.EINVAL, f"region {region} does not exist")
-        if count > self.caps.max_data_xfer_size:
-            raise VfioUserReject(errno.E2BIG, f"count {count} exceeds max_data_xfer_size")
+        if count > self.limits.max_data_xfer_size:
+            raise VfioUserReject(errno.E2BIG, f"count {count} exceeds max_data_xfer_size {self.limits.max_data_xfer_size}")
         size = self.region_size(region)
         # offset is a u64 and count a u32 from the wire; Python ints do not wrap, so an
         # offset near 2**64 fails here instead of wrapping around to the region's start.
@@ -439,20 +569,39 @@ class VfioUserServer:
         if len(data) != request.count:
             raise VfioUserReject(errno.EINVAL, f"REGION_WRITE count {request.count} but {len(data)} data bytes")
         self._check_access(request.region, request.offset, request.count)
-        fn = self.function
-        if request.region == VFIO_PCI_CONFIG_REGION_INDEX:
-            for pos, size in access_pieces(request.offset, request.count, 4):
-                value = int.from_bytes(data[pos - request.offset : pos - request.offset + size], "little")
-                self._config_write(pos, size, value)
-        else:
-            for pos, size in access_pieces(request.offset, request.count, 8):
-                value = int.from_bytes(data[pos - request.offset : pos - request.offset + size], "little")
-                if self._msix_structure(request.region, pos, size):
-                    if _tp_dropped_write.on:
-                        _tp_dropped_write.emit(region=request.region, offset=pos, reason="MSI-X table/PBA")
-                    continue
-                fn.bar_write(request.region, pos, size, value)
+        self._write(request.region, request.offset, data)
         return message.payload[: vfio_user_region_access.size], []
+
+    def _write(self, region: int, offset: int, data: bytes) -> None:
+        """One checked client write, split like the bus (rules 3, 5)."""
+        if region == VFIO_PCI_CONFIG_REGION_INDEX:
+            for pos, size in access_pieces(offset, len(data), 4):
+                self._config_write(pos, size, int.from_bytes(data[pos - offset : pos - offset + size], "little"))
+            return
+        for pos, size in access_pieces(offset, len(data), 8):
+            value = int.from_bytes(data[pos - offset : pos - offset + size], "little")
+            if self._msix_structure(region, pos, size):
+                if _tp_dropped_write.on:
+                    _tp_dropped_write.emit(region=region, offset=pos, reason="MSI-X table/PBA")
+                continue
+            self.function.bar_write(region, pos, size, value)
+
+    def _region_write_multi(self, message: Message) -> tuple[bytes, list[int]]:
+        """``VFIO_USER_REGION_WRITE_MULTI``: coalesced writes of at most 8 bytes (rule 3)."""
+        self._no_fds(message)
+        if not self.limits.write_multiple:
+            raise VfioUserReject(errno.ENOTSUP, "REGION_WRITE_MULTI was not negotiated (write_multiple)")
+        count = _unpack(vfio_user_write_multi_count, message.payload).wr_cnt
+        step = vfio_user_write_multi_entry.size
+        if len(message.payload) != vfio_user_write_multi_count.size + count * step:
+            raise VfioUserReject(errno.EINVAL, f"REGION_WRITE_MULTI of {count} writes has {len(message.payload)} bytes")
+        for i in range(count):
+            entry = vfio_user_write_multi_entry.unpack(message.payload, vfio_user_write_multi_count.size + i * step)
+            if not 0 < entry.count <= VFIO_USER_MULTI_DATA:
+                raise VfioUserReject(errno.EINVAL, f"REGION_WRITE_MULTI write {i} has count {entry.count}")
+            self._check_access(entry.region, entry.offset, entry.count)
+            self._write(entry.region, entry.offset, entry.data[: entry.count])
+        return vfio_user_write_multi_count.pack(count), []
 
     def _protected_config(self) -> list[tuple[int, int]]:
         fn = self.function
@@ -504,43 +653,19 @@ class VfioUserServer:
 
     def _device_feature(self, message: Message) -> tuple[bytes, list[int]]:
         self._no_fds(message)
-        request = _unpack(vfio_user_device_feature, message.payload)
-        _check_argsz(request.argsz, vfio_user_device_feature.size, "DEVICE_FEATURE")
-        ops = request.flags & (VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE)
-        feature = request.flags & VFIO_DEVICE_FEATURE_MASK
-        if request.flags & ~(VFIO_DEVICE_FEATURE_MASK | ops) or not ops:
-            raise VfioUserReject(errno.EINVAL, f"bad DEVICE_FEATURE flags {request.flags:#x}")
-        get, set_, probe = (bool(ops & bit) for bit in (VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET, VFIO_DEVICE_FEATURE_PROBE))
-        if get and set_ and not probe:
-            raise VfioUserReject(errno.EINVAL, "GET and SET are exclusive unless probing")
-        if feature not in (VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE) or not self.migration.supported:
-            raise VfioUserReject(errno.ENOTSUP, f"device feature {feature} is not supported")
-        if feature == VFIO_DEVICE_FEATURE_MIGRATION and set_:
-            raise VfioUserReject(errno.ENOTSUP, "VFIO_DEVICE_FEATURE_MIGRATION cannot be set")
-        if probe:
-            return message.payload[: vfio_user_device_feature.size], []
-        data = message.payload[vfio_user_device_feature.size :]
-        if set_:  # MIG_DEVICE_STATE
-            target = _unpack(vfio_device_feature_mig_state, data)
-            self.migration.set_state(target.device_state)
-            return message.payload, []
-        if feature == VFIO_DEVICE_FEATURE_MIGRATION:
-            body = vfio_device_feature_migration.pack(VFIO_MIGRATION_STOP_COPY)
-        else:
-            body = vfio_device_feature_mig_state.pack(self.migration.state, -1)
-        size = vfio_user_device_feature.size + len(body)
-        if request.argsz < size:
-            raise VfioUserReject(errno.EINVAL, f"DEVICE_FEATURE GET needs argsz {size}")
-        return vfio_user_device_feature.pack(size, request.flags) + body, []
+        return self.features.handle(message.payload), []
 
     def _mig_data_read(self, message: Message) -> tuple[bytes, list[int]]:
         self._no_fds(message)
         request = _unpack(vfio_user_mig_data, message.payload)
         _check_argsz(request.argsz, vfio_user_mig_data.size, "MIG_DATA_READ")
-        if request.size > self.caps.max_data_xfer_size:
+        if request.size > self.limits.max_data_xfer_size:
             raise VfioUserReject(errno.E2BIG, f"MIG_DATA_READ size {request.size} exceeds max_data_xfer_size")
-        chunk = self.migration.read(min(request.size, request.argsz - vfio_user_mig_data.size))
-        return vfio_user_mig_data.pack(vfio_user_mig_data.size + len(chunk), len(chunk)) + chunk, []
+        asked = min(request.size, request.argsz - vfio_user_mig_data.size)
+        chunk = self.migration.read(asked)
+        # rule 8: argsz and size give the data; zeros pad it to the size asked.
+        padding = bytes(asked - len(chunk))
+        return vfio_user_mig_data.pack(vfio_user_mig_data.size + len(chunk), len(chunk)) + chunk + padding, []
 
     def _mig_data_write(self, message: Message) -> tuple[bytes, list[int]]:
         self._no_fds(message)
@@ -549,8 +674,27 @@ class VfioUserServer:
         data = message.payload[vfio_user_mig_data.size :]
         if request.size != len(data):
             raise VfioUserReject(errno.EINVAL, f"MIG_DATA_WRITE size {request.size} but {len(data)} data bytes")
+        if request.size > self.limits.max_data_xfer_size:
+            raise VfioUserReject(errno.E2BIG, f"MIG_DATA_WRITE size {request.size} exceeds max_data_xfer_size")
         self.migration.write(data)
         return b"", []
+
+    # -- notifications to the client (irqs rule 4) -----------------------------------------
+
+    def report_error(self, reason: str) -> bool:
+        """The device failed unrecoverably: log, trace and signal the ERR eventfd (rule 10).
+
+        Returns whether the client had wired ERR (QEMU does, to stop the VM on it).
+        """
+        signalled = self.irqs.signal_err()
+        _log.error("vfio-user: device error (%s); ERR %s", reason, "signalled" if signalled else "not wired by the client")
+        if _tp_device_error.on:
+            _tp_device_error.emit(reason=reason, signalled=signalled)
+        return signalled
+
+    def request_release(self) -> bool:
+        """Ask the client to give the device back (REQ eventfd); whether it was wired."""
+        return self.irqs.signal_req()
 
     @staticmethod
     def _no_fds(message: Message) -> None:
@@ -562,7 +706,7 @@ class VfioUserServer:
     def dma_read(self, address: int, count: int) -> bytes:
         """Read client memory with ``VFIO_USER_DMA_READ`` (``GuestMemoryError`` on failure)."""
         out = bytearray()
-        step = max(1, self.client_caps.max_data_xfer_size)
+        step = max(1, self.limits.max_data_xfer_size)
         for pos in range(address, address + count, step):
             n = min(step, address + count - pos)
             reply = self._dma_request(VFIO_USER_DMA_READ, vfio_user_dma_region_access.pack(pos, n), pos, n)
@@ -574,7 +718,7 @@ class VfioUserServer:
 
     def dma_write(self, address: int, data: bytes) -> None:
         """Write client memory with ``VFIO_USER_DMA_WRITE`` (``GuestMemoryError`` on failure)."""
-        step = max(1, self.client_caps.max_data_xfer_size)
+        step = max(1, self.limits.max_data_xfer_size)
         for start in range(0, len(data), step):
             chunk = data[start : start + step]
             self._dma_request(
