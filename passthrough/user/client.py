@@ -3,8 +3,11 @@
 Rules:
 
 1. The connection is negotiated (``VFIO_USER_VERSION``) in the constructor; a server that
-   answers with another major version, a larger minor one or malformed capabilities is
-   refused with ``VfioUserProtocolError``.
+   answers with another major version, a larger minor one, malformed capabilities or
+   twin-socket mode (never proposed) is refused with ``VfioUserProtocolError``. The
+   proposal carries only what this client supports (the four numbers). Capabilities the
+   reply adds are logged and ignored (libvfio-user's server adds ``migration``); what
+   this client sends is bounded by the smaller of its own and the server's numbers.
 2. Requests are synchronous and serialized by a lock. While waiting for a reply, server
    commands that arrive (``DMA_READ``/``DMA_WRITE``, vfio-user.rst "Command Concurrency")
    are served at once; ``service()`` serves them when no request is outstanding.
@@ -16,16 +19,25 @@ Rules:
    with an error reply (``EFAULT``/``EPERM``/``E2BIG``), never by touching other memory.
 5. Transfers larger than the server's ``max_data_xfer_size`` are split; so are eventfd
    sets larger than its ``max_msg_fds``.
+6. "Message sizes": a reply whose ``argsz`` is larger than the request's is incomplete;
+   the request is sent again once with that ``argsz`` (``GET_INFO``, ``GET_REGION_INFO``,
+   ``GET_IRQ_INFO``, ``DEVICE_FEATURE``), and a size above ``_MAX_ARGSZ`` or a second
+   larger answer is a protocol error. Region info keeps what the full reply carries: the
+   capability chain (sparse mmap areas, region type) and the region's fd.
+7. Migration data: ``MIG_DATA_WRITE`` is sent with ``argsz`` 8 + size (the spec allows
+   any ``argsz`` from 8; libvfio-user refuses less than 8 + size), and a ``MIG_DATA_READ``
+   reply is read by its ``size`` field: libvfio-user pads the data to the size asked.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import select
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,6 +46,9 @@ from devmodels import MemoryRegion, UsageError
 from ..backend import DeviceInfo, IrqInfo, RegionInfo
 from ..caps import CapabilityChainError, parse_chain, region_type, sparse_mmap_areas
 from ..defs import (
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
     VFIO_DEVICE_FEATURE_GET,
     VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
     VFIO_DEVICE_FEATURE_MIGRATION,
@@ -72,6 +87,9 @@ from ..errors import VfioUserDisconnectedError, VfioUserError, VfioUserProtocolE
 from ..layouts import (
     Layout,
     LayoutError,
+    vfio_device_feature_dma_logging_control,
+    vfio_device_feature_dma_logging_range,
+    vfio_device_feature_dma_logging_report,
     vfio_device_feature_mig_state,
     vfio_device_feature_migration,
     vfio_irq_info,
@@ -86,11 +104,13 @@ from ..layouts import (
     vfio_user_region_access,
 )
 from .framing import Message, MessageSocket, close_fds
-from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version
+from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version, spurious_names
 
 __all__ = ["VfioUserClient", "ClientDmaWindow"]
 
-_MAX_REGION_INFO = 1 << 16  # argsz cap for region info with capabilities
+_log = logging.getLogger("devmodels.passthrough.vfio_user")
+
+_MAX_ARGSZ = 1 << 16  # the largest info reply accepted (rule 6)
 _MAX_MIGRATION = 64 << 20  # the most device state a save accepts
 _PAYLOAD_SLACK = 4096
 
@@ -190,8 +210,11 @@ class VfioUserClient:
             raise VfioUserProtocolError(f"server answered version {major}.{minor} to our {VFIO_USER_MAJOR}.{VFIO_USER_MINOR}")
         if caps.twin_socket:
             raise VfioUserProtocolError("server enabled twin-socket mode, which this client did not ask for")
-        if caps.max_data_xfer_size == 0 or caps.max_msg_fds == 0:
-            raise VfioUserProtocolError("server advertised a zero max_data_xfer_size or max_msg_fds")
+        if caps.max_data_xfer_size == 0:
+            raise VfioUserProtocolError("server advertised a zero max_data_xfer_size")
+        extra = spurious_names(self.caps, caps)
+        if extra:
+            _log.warning("vfio-user: the server's VERSION reply adds capabilities not proposed (ignored): %s", sorted(extra))
         self.server_caps = caps
         self.version = (major, minor)
 
@@ -215,6 +238,21 @@ class VfioUserClient:
                     message.close_fds()  # a reply to nothing outstanding
                     continue
                 self._serve(message)
+
+    def _request_sized(self, command: int, build: Callable[[int], bytes], argsz: int, what: str) -> Message:
+        """A request with ``argsz`` semantics, sent again once if the reply needs more (rule 6)."""
+        reply = self._request(command, build(argsz))
+        needed = _argsz(reply.payload, what)
+        if needed <= argsz:
+            return reply
+        reply.close_fds()
+        if needed > _MAX_ARGSZ:
+            raise VfioUserProtocolError(f"{what} needs argsz {needed} (more than {_MAX_ARGSZ})")
+        reply = self._request(command, build(needed))
+        if _argsz(reply.payload, what) > needed:
+            reply.close_fds()
+            raise VfioUserProtocolError(f"{what} asked for argsz {needed} and then for more")
+        return reply
 
     def service(self) -> int:
         """Serve server commands already waiting on the socket; return how many."""
@@ -285,30 +323,27 @@ class VfioUserClient:
 
     def device_info(self) -> DeviceInfo:
         """``VFIO_USER_DEVICE_GET_INFO``."""
-        reply = self._request(VFIO_USER_DEVICE_GET_INFO, vfio_user_device_info.pack(vfio_user_device_info.size, 0, 0, 0))
-        info = _decode(vfio_user_device_info, reply.payload, "DEVICE_GET_INFO reply")
+        reply = self._request_sized(
+            VFIO_USER_DEVICE_GET_INFO, lambda argsz: vfio_user_device_info.pack(argsz, 0, 0, 0),
+            vfio_user_device_info.size, "DEVICE_GET_INFO reply",
+        )
         reply.close_fds()
+        info = _decode(vfio_user_device_info, reply.payload, "DEVICE_GET_INFO reply")
         return DeviceInfo(info.flags, info.num_regions, info.num_irqs)
 
     def region_info(self, index: int) -> RegionInfo:
-        """``VFIO_USER_DEVICE_GET_REGION_INFO`` (retried with a larger ``argsz`` for caps)."""
+        """``VFIO_USER_DEVICE_GET_REGION_INFO`` (rule 6: retried with the ``argsz`` announced)."""
         cached = self._regions.get(index)
         if cached is not None:
             return cached
-        argsz = vfio_region_info.size
-        while True:
-            reply = self._request(VFIO_USER_DEVICE_GET_REGION_INFO, vfio_region_info.pack(argsz, 0, index, 0, 0, 0))
-            info = _decode(vfio_region_info, reply.payload, "DEVICE_GET_REGION_INFO reply")
-            if info.index != index:
-                reply.close_fds()
-                raise VfioUserProtocolError(f"asked for region {index}, got {info.index}")
-            if info.argsz > len(reply.payload) and info.argsz > argsz and info.flags & VFIO_REGION_INFO_FLAG_CAPS:
-                reply.close_fds()
-                if info.argsz > _MAX_REGION_INFO:
-                    raise VfioUserProtocolError(f"region {index} info needs {info.argsz} bytes")
-                argsz = info.argsz
-                continue
-            break
+        reply = self._request_sized(
+            VFIO_USER_DEVICE_GET_REGION_INFO, lambda argsz: vfio_region_info.pack(argsz, 0, index, 0, 0, 0),
+            vfio_region_info.size, "DEVICE_GET_REGION_INFO reply",
+        )
+        info = _decode(vfio_region_info, reply.payload, "DEVICE_GET_REGION_INFO reply")
+        if info.index != index:
+            reply.close_fds()
+            raise VfioUserProtocolError(f"asked for region {index}, got {info.index}")
         try:
             caps = (
                 parse_chain(reply.payload, info.cap_offset, vfio_region_info.size)
@@ -337,7 +372,10 @@ class VfioUserClient:
 
     def irq_info(self, index: int) -> IrqInfo:
         """``VFIO_USER_DEVICE_GET_IRQ_INFO``."""
-        reply = self._request(VFIO_USER_DEVICE_GET_IRQ_INFO, vfio_irq_info.pack(vfio_irq_info.size, 0, index, 0))
+        reply = self._request_sized(
+            VFIO_USER_DEVICE_GET_IRQ_INFO, lambda argsz: vfio_irq_info.pack(argsz, 0, index, 0),
+            vfio_irq_info.size, "DEVICE_GET_IRQ_INFO reply",
+        )
         reply.close_fds()
         info = _decode(vfio_irq_info, reply.payload, "DEVICE_GET_IRQ_INFO reply")
         if info.index != index:
@@ -433,12 +471,52 @@ class VfioUserClient:
     # -- migration (vfio-user.rst "VFIO_USER_DEVICE_FEATURE", "MIG_DATA_READ/WRITE") -------
 
     def device_feature(self, flags: int, data: bytes = b"", reply_room: int = 64) -> bytes:
-        """``VFIO_USER_DEVICE_FEATURE``; return the reply's data (after argsz/flags)."""
-        payload = vfio_user_device_feature.pack(vfio_user_device_feature.size + max(len(data), reply_room), flags) + data
-        reply = self._request(VFIO_USER_DEVICE_FEATURE, payload)
+        """``VFIO_USER_DEVICE_FEATURE``; return the reply's data (after argsz/flags).
+
+        ``argsz`` is 8 + the larger of ``len(data)`` and ``reply_room`` (the data a GET
+        expects back); a reply announcing more is asked again once (rule 6).
+        """
+        head = vfio_user_device_feature.size
+        reply = self._request_sized(
+            VFIO_USER_DEVICE_FEATURE, lambda argsz: vfio_user_device_feature.pack(argsz, flags) + data,
+            head + max(len(data), reply_room), "DEVICE_FEATURE reply",
+        )
         reply.close_fds()
         _decode(vfio_user_device_feature, reply.payload, "DEVICE_FEATURE reply")
-        return reply.payload[vfio_user_device_feature.size :]
+        return reply.payload[head:]
+
+    # -- DMA dirty-page logging (vfio-user.rst "VFIO_DEVICE_FEATURE_DMA_LOGGING_*") -------
+
+    def dma_logging_start(self, ranges: Sequence[tuple[int, int]], page_size: int = 4096) -> int:
+        """Start logging device DMA writes to ``(iova, length)`` ranges (none: every window).
+
+        Returns the page size the server chose.
+        """
+        data = vfio_device_feature_dma_logging_control.pack(page_size, len(ranges))
+        data += b"".join(vfio_device_feature_dma_logging_range.pack(iova, length) for iova, length in ranges)
+        reply = self.device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, data, 0)
+        return _decode(vfio_device_feature_dma_logging_control, reply, "DMA_LOGGING_START reply").page_size
+
+    def dma_logging_stop(self) -> None:
+        """Stop DMA logging."""
+        data = vfio_device_feature_dma_logging_control.pack(0, 0)
+        self.device_feature(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, data, 0)
+
+    def dma_logging_report(self, iova: int, length: int, page_size: int = 4096) -> bytes:
+        """The dirty bitmap of ``[iova, iova+length)`` (bit *i*: page *i*), read and cleared.
+
+        Raises:
+            VfioUserProtocolError: the reply does not echo the request or its bitmap is short.
+        """
+        pages = -(-length // page_size) if page_size > 0 else 0
+        bitmap_bytes = -(-pages // 64) * 8
+        request = vfio_device_feature_dma_logging_report.pack(iova, length, page_size)
+        reply = self.device_feature(
+            VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, request, len(request) + bitmap_bytes
+        )
+        if reply[: len(request)] != request or len(reply) < len(request) + bitmap_bytes:
+            raise VfioUserProtocolError("DMA_LOGGING_REPORT reply does not match its request")
+        return reply[len(request) : len(request) + bitmap_bytes]
 
     def migration_flags(self) -> int:
         """``VFIO_DEVICE_FEATURE_MIGRATION`` flags (``VfioUserError`` if unsupported)."""
@@ -469,9 +547,13 @@ class VfioUserClient:
             reply = self._request(VFIO_USER_MIG_DATA_READ, vfio_user_mig_data.pack(vfio_user_mig_data.size + step, step))
             reply.close_fds()
             header = _decode(vfio_user_mig_data, reply.payload, "MIG_DATA_READ reply")
-            chunk = reply.payload[vfio_user_mig_data.size :]
-            if header.size != len(chunk) or len(chunk) > step:
-                raise VfioUserProtocolError("MIG_DATA_READ reply size does not match its data")
+            data = reply.payload[vfio_user_mig_data.size :]
+            # rule 7: ``size`` says how much is data; padding up to the size asked may follow.
+            if header.size > step or len(data) < header.size or len(data) > step:
+                raise VfioUserProtocolError(
+                    f"MIG_DATA_READ reply: size {header.size} with {len(data)} data bytes for {step} asked"
+                )
+            chunk = data[: header.size]
             out += chunk
             if len(out) > _MAX_MIGRATION:
                 raise VfioUserProtocolError(f"migration data exceeds {_MAX_MIGRATION} bytes")
@@ -486,7 +568,7 @@ class VfioUserClient:
         step = self.server_caps.max_data_xfer_size
         for start in range(0, len(data), step):
             chunk = data[start : start + step]
-            payload = vfio_user_mig_data.pack(vfio_user_mig_data.size, len(chunk)) + chunk
+            payload = vfio_user_mig_data.pack(vfio_user_mig_data.size + len(chunk), len(chunk)) + chunk  # rule 7
             self._request(VFIO_USER_MIG_DATA_WRITE, payload).close_fds()
         self.set_migration_state(VFIO_DEVICE_STATE_STOP)
 
@@ -494,6 +576,13 @@ class VfioUserClient:
     def windows(self) -> tuple[ClientDmaWindow, ...]:
         """The DMA windows currently exported."""
         return tuple(self._windows)
+
+
+def _argsz(payload: bytes, what: str) -> int:
+    """The ``argsz`` a reply starts with."""
+    if len(payload) < 4:
+        raise VfioUserProtocolError(f"{what}: {len(payload)} bytes, no argsz")
+    return int.from_bytes(payload[:4], "little")
 
 
 class _Refuse(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import threading
@@ -13,26 +14,46 @@ import pytest
 from devmodels import MemoryRegion
 from passthrough.caps import build_chain, sparse_mmap_body
 from passthrough.defs import (
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP,
+    VFIO_DEVICE_FEATURE_GET,
+    VFIO_DEVICE_FEATURE_SET,
     VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_REGION_INFO_CAP_SPARSE_MMAP,
     VFIO_REGION_INFO_FLAG_CAPS,
     VFIO_REGION_INFO_FLAG_MMAP,
     VFIO_REGION_INFO_FLAG_READ,
+    VFIO_USER_DEVICE_FEATURE,
+    VFIO_USER_DEVICE_GET_IRQ_INFO,
     VFIO_USER_DEVICE_GET_REGION_INFO,
     VFIO_USER_DEVICE_SET_IRQS,
     VFIO_USER_DMA_READ,
     VFIO_USER_DMA_WRITE,
     VFIO_USER_F_ERROR,
     VFIO_USER_F_TYPE_REPLY,
+    VFIO_USER_MIG_DATA_READ,
+    VFIO_USER_MIG_DATA_WRITE,
     VFIO_USER_REGION_READ,
     VFIO_USER_VERSION,
 )
 from passthrough.errors import VfioUserDisconnectedError, VfioUserError, VfioUserProtocolError
-from passthrough.layouts import vfio_irq_set, vfio_region_info, vfio_user_dma_region_access, vfio_user_region_access
+from passthrough.layouts import (
+    vfio_device_feature_dma_logging_control,
+    vfio_device_feature_dma_logging_range,
+    vfio_irq_info,
+    vfio_irq_set,
+    vfio_region_info,
+    vfio_user_device_feature,
+    vfio_user_device_info,
+    vfio_user_dma_region_access,
+    vfio_user_mig_data,
+    vfio_user_region_access,
+    vfio_user_version,
+)
 from passthrough.user import VfioUserClient
 from passthrough.user.framing import Message
-from passthrough.user.negotiate import VersionCapabilities, encode_version
+from passthrough.user.negotiate import VersionCapabilities, decode_version, encode_version
 from passthrough.user.testing import RawPeer
 
 REPLY = VFIO_USER_F_TYPE_REPLY
@@ -273,5 +294,170 @@ def test_server_closing_raises_disconnected() -> None:
     client = server.client()
     with pytest.raises(VfioUserDisconnectedError):
         client.region_read(0, 0, 4)
+    client.close()
+    server.join()
+
+
+# -- issue 13: "Message sizes", migration data forms, negotiation, DMA logging --------------------
+
+
+def _libvfio_user_region_info(shared: int) -> Handler:
+    """libvfio-user's answer: a short reply says only argsz (no CAPS flag, no fd)."""
+
+    def handler(peer: RawPeer, m: Message) -> None:
+        request = vfio_region_info.unpack(m.payload)
+        body = sparse_mmap_body([(0, 0x1000), (0x2000, 0x1000)])
+        full, first = build_chain(bytes(32), [(VFIO_REGION_INFO_CAP_SPARSE_MMAP, 1, body)])
+        flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP
+        if request.argsz < len(full):
+            reply(peer, m, vfio_region_info.pack(len(full), flags, request.index, 0, 0x4000, 0))
+        else:
+            fixed = vfio_region_info.pack(len(full), flags | VFIO_REGION_INFO_FLAG_CAPS, request.index, first, 0x4000, 0)
+            reply(peer, m, fixed + full[32:], fds=[shared])
+
+    return handler
+
+
+def test_region_info_is_asked_again_whenever_the_reply_needs_more() -> None:
+    shared = os.memfd_create("bar1")
+    os.ftruncate(shared, 0x4000)
+    server = Scripted(_libvfio_user_region_info(shared))
+    client = server.client()
+    info = client.region_info(1)
+    assert info.mmap_areas() == ((0, 0x1000), (0x2000, 0x1000))
+    assert [vfio_region_info.unpack(m.payload).argsz for m in server.seen if m.command == VFIO_USER_DEVICE_GET_REGION_INFO] == [32, 0x50]
+    mapped = client.region_mmap(1, 0x2000, 0x1000)
+    assert mapped is not None  # the region's fd was kept
+    mapped.close()
+    client.close()
+    os.close(shared)
+    server.join()
+
+
+@pytest.mark.parametrize("argsz", [1 << 20, "grows"])
+def test_region_info_retry_is_bounded(argsz: int | str) -> None:
+    asked: list[int] = []
+
+    def handler(peer: RawPeer, m: Message) -> None:
+        request = vfio_region_info.unpack(m.payload)
+        asked.append(request.argsz)
+        needed = argsz if isinstance(argsz, int) else request.argsz + 8
+        reply(peer, m, vfio_region_info.pack(needed, 0, request.index, 0, 0x1000, 0))
+
+    server = Scripted(handler)
+    client = server.client()
+    with pytest.raises(VfioUserProtocolError):
+        client.region_info(0)
+    assert len(asked) <= 2
+    client.close()
+    server.join()
+
+
+def test_irq_and_device_info_are_asked_again_too() -> None:
+    def handler(peer: RawPeer, m: Message) -> None:
+        argsz = int.from_bytes(m.payload[:4], "little")
+        if m.command == VFIO_USER_DEVICE_GET_IRQ_INFO:
+            body = vfio_irq_info.pack(24, 1, 3, 1) + bytes(8)
+        else:
+            body = vfio_user_device_info.pack(24, 3, 9, 5) + bytes(8)
+        reply(peer, m, body if argsz >= 24 else body[:16])
+
+    server = Scripted(handler)
+    client = server.client()
+    assert client.irq_info(3).count == 1
+    assert client.device_info().num_irqs == 5
+    assert [int.from_bytes(m.payload[:4], "little") for m in server.seen if m.command != VFIO_USER_VERSION] == [16, 24, 16, 24]
+    client.close()
+    server.join()
+
+
+def _migration_server(state: bytes, writes: list[bytes]) -> Handler:
+    """A libvfio-user-like migration peer: padded reads, writes need argsz >= 8 + size."""
+    sent = [0]
+
+    def handler(peer: RawPeer, m: Message) -> None:
+        if m.command == VFIO_USER_DEVICE_FEATURE:
+            reply(peer, m, m.payload)
+        elif m.command == VFIO_USER_MIG_DATA_READ:
+            argsz, size = vfio_user_mig_data.unpack(m.payload)
+            chunk = state[sent[0] : sent[0] + size]
+            sent[0] += len(chunk)
+            reply(peer, m, vfio_user_mig_data.pack(8 + len(chunk), len(chunk)) + chunk + bytes(size - len(chunk)))
+        elif m.command == VFIO_USER_MIG_DATA_WRITE:
+            argsz, size = vfio_user_mig_data.unpack(m.payload)
+            if argsz < 8 + size:
+                reply(peer, m, error=errno.EINVAL)  # libvfio-user: "argsz too small"
+                return
+            writes.append(m.payload[8:])
+            reply(peer, m)
+
+    return handler
+
+
+def test_save_and_load_work_with_libvfio_user_data_forms() -> None:
+    state = bytes(range(256)) * 3
+    writes: list[bytes] = []
+    server = Scripted(_migration_server(state, writes))
+    client = server.client()  # max_data_xfer_size 64
+    assert client.save_device_state() == state  # padded replies read by their size field
+    client.load_device_state(state)
+    assert b"".join(writes) == state
+    client.close()
+    server.join()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        vfio_user_mig_data.pack(8 + 65, 65) + bytes(65),  # more than asked
+        vfio_user_mig_data.pack(8 + 10, 10) + bytes(4),  # size beyond the data sent
+        vfio_user_mig_data.pack(8 + 4, 4) + bytes(100),  # padding beyond the size asked
+    ],
+)
+def test_bad_migration_data_replies_are_refused(payload: bytes) -> None:
+    def handler(peer: RawPeer, m: Message) -> None:
+        reply(peer, m, m.payload if m.command == VFIO_USER_DEVICE_FEATURE else payload)
+
+    server = Scripted(handler)
+    client = server.client()
+    with pytest.raises(VfioUserProtocolError):
+        client.save_device_state()
+    client.close()
+    server.join()
+
+
+def test_proposal_carries_only_what_the_client_supports_and_extra_reply_names_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    version = vfio_user_version.pack(0, 1) + b'{"capabilities":{"max_msg_fds":8,"migration":{"pgsize":4096}}}\0'
+    server = Scripted(lambda peer, m: None, version)
+    with caplog.at_level(logging.WARNING, "devmodels.passthrough.vfio_user"):
+        client = server.client()
+    assert "not proposed" in caplog.text and "migration" in caplog.text
+    proposal = decode_version(server.seen[0].payload)[2]
+    assert proposal.names == {"max_msg_fds", "max_data_xfer_size", "max_dma_maps", "pgsizes"}
+    assert client.server_caps.max_msg_fds == 8
+    client.close()
+    server.join()
+
+
+def test_dma_logging_requests() -> None:
+    def handler(peer: RawPeer, m: Message) -> None:
+        argsz, flags = vfio_user_device_feature.unpack(m.payload)
+        data = m.payload[8:]
+        if flags & VFIO_DEVICE_FEATURE_GET:
+            reply(peer, m, vfio_user_device_feature.pack(8 + 24 + 8, flags) + data + (0b101).to_bytes(8, "little"))
+        else:
+            reply(peer, m, m.payload)
+
+    server = Scripted(handler)
+    client = server.client()
+    assert client.dma_logging_start([(0x1000, 0x4000)], 4096) == 4096
+    assert client.dma_logging_report(0x1000, 0x4000) == (0b101).to_bytes(8, "little")
+    client.dma_logging_stop()
+    start, report, stop = (m for m in server.seen if m.command == VFIO_USER_DEVICE_FEATURE)
+    assert start.payload == vfio_user_device_feature.pack(40, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START) + (
+        vfio_device_feature_dma_logging_control.pack(4096, 1) + vfio_device_feature_dma_logging_range.pack(0x1000, 0x4000)
+    )
+    assert vfio_user_device_feature.unpack(report.payload).argsz == 8 + 24 + 8
+    assert vfio_user_device_feature.unpack(stop.payload).flags == VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP
     client.close()
     server.join()
