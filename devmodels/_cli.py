@@ -15,7 +15,7 @@ __all__ = ["SUBCOMMANDS", "dispatch", "main"]
 # name: (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("devmodels._demo", "main", "assemble an in-process machine and print its PCI enumeration"),
-    "vfio-user": ("passthrough.user.cli", "main", "serve a device model to a vfio-user VMM (--socket-path/--fd)"),
+    "vfio-user": ("harness.serve.vfio_user_cmd", "main", "serve a device to a vfio-user VMM such as QEMU 11.1 (--socket-path/--fd)"),
     "guest-image": ("harness.guest.cli", "main", "build (or find in the cache) the guest kernel + initramfs; --boot boots it"),
     "mpqemu": ("harness.serve.mpqemu_cmd", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
     "conformance": ("harness.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),

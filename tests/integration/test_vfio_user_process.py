@@ -27,7 +27,7 @@ def _env() -> dict[str, str]:
 def served(tmp_path: Path):
     path = tmp_path / "testdev.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "passthrough.user", f"--socket-path={path}", "--device=testdev"],
+        [sys.executable, "-m", "devmodels", "vfio-user", f"--socket-path={path}", "--device=testdev"],
         env=_env(), stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -68,7 +68,7 @@ def test_device_in_another_process(served) -> None:  # type: ignore[no-untyped-d
 def test_inherited_fd_mode() -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "passthrough.user", f"--fd={theirs.fileno()}"], env=_env(), pass_fds=[theirs.fileno()]
+        [sys.executable, "-m", "devmodels", "vfio-user", f"--fd={theirs.fileno()}", "--device=testdev"], env=_env(), pass_fds=[theirs.fileno()]
     )
     theirs.close()
     client = VfioUserClient(ours, timeout=30)
