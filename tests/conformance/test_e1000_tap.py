@@ -18,6 +18,7 @@ from devmodels import HostError, UsageError
 from devmodels.backends.net import TapBackend
 from harness.conformance.cases import e1000_tap as t
 from harness.qemu.launcher import BootResult
+from tests.prerequisites import prerequisite
 
 
 def _free_port() -> int:
@@ -122,7 +123,7 @@ def test_namespace_name_is_checked() -> None:
         t.NetNamespace("bad name")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2")
+@prerequisite("needs root and iproute2" if os.geteuid() != 0 or shutil.which("ip") is None else None)
 def test_namespace_adopts_an_interface_and_is_deleted() -> None:
     ns = t.NetNamespace.unique("test")
     dummy = f"dmt{os.getpid() % 100000}"

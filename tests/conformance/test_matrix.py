@@ -9,6 +9,7 @@ import pytest
 
 from harness.conformance import load_cases, run_cases
 from harness.qemu.launcher import qemu_available
+from tests.prerequisites import need
 
 pytestmark = pytest.mark.guest
 
@@ -21,9 +22,7 @@ def test_every_case_provider_loads() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_qemu() -> None:
-    reason = qemu_available()
-    if reason is not None:
-        pytest.skip(reason)
+    need(qemu_available())
 
 
 @pytest.mark.parametrize("case", _CASES, ids=[case.name for case in _CASES])

@@ -21,6 +21,7 @@ from devmodels import GuestMemory, HostError
 from devmodels.backends import RawFileBackend
 from harness.guest import GuestImage, ImageBuilder
 from harness.qemu.launcher import QemuLauncher, qemu_available
+from tests.prerequisites import missing, need
 from virtio.blk import VirtioBlkDevice
 from virtio.vhost_user import VhostUserServer
 
@@ -45,16 +46,14 @@ report blk.sha PASS $(dd if=/dev/vda bs=64k skip={OFFSET // 65536} count={LENGTH
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    reason = qemu_available()
-    if reason is not None:
-        pytest.skip(reason)
+    need(qemu_available())
     builder = ImageBuilder()
     builder.add_test("vu-writer", WRITER)
     builder.add_test("vu-reader", READER)
     try:
         return builder.build(progress=False)
     except HostError as exc:
-        pytest.skip(f"cannot build the guest image: {exc}")
+        missing(f"cannot build the guest image: {exc}")
 
 
 def _boot(image: GuestImage, socket_path: Path, test: str, packed: bool) -> dict[str, tuple[bool, str]]:

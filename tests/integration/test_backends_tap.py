@@ -17,10 +17,11 @@ import pytest
 
 from devmodels.backends.net import TapBackend
 from devmodels.backends.net.responder import Responder
+from tests.prerequisites import prerequisite
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None,
-    reason="needs root, /dev/net/tun and iproute2",
+pytestmark = prerequisite(
+    "needs root, /dev/net/tun and iproute2"
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun") or shutil.which("ip") is None else None
 )
 
 HOST_IP = "10.213.7.1"  # the namespace side of the TAP

@@ -17,6 +17,7 @@ from harness.guest import GuestImage, ImageBuilder
 from harness.guest._modules import ModuleIndex, module_name
 from harness.qemu.binaries import QEMU_7_2, QEMU_11_1, QemuBinary
 from harness.qemu.launcher import QemuLauncher, qemu_available
+from tests.prerequisites import missing, need
 
 pytestmark = pytest.mark.guest
 
@@ -48,19 +49,16 @@ def _builder() -> ImageBuilder:
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    reason = qemu_available()
-    if reason is not None:
-        pytest.skip(reason)
+    need(qemu_available())
     try:
         return _builder().build(progress=False)
     except HostError as exc:
-        pytest.skip(f"cannot build the guest image: {exc}")
+        missing(f"cannot build the guest image: {exc}")
 
 
 @pytest.mark.parametrize("qemu", [QEMU_7_2, QEMU_11_1], ids=lambda q: f"qemu{q.label}")
 def test_boot_runs_the_script_and_reports(image: GuestImage, tmp_path: Path, qemu: QemuBinary) -> None:
-    if (reason := qemu.unavailable()) is not None:
-        pytest.skip(reason)
+    need(qemu.unavailable())
     disk = tmp_path / "disk.raw"
     disk.write_bytes(DISK_MARKER + bytes(1 << 20))
     args = ["-netdev", "user,id=n0", "-device", "e1000,netdev=n0",
@@ -104,7 +102,7 @@ def test_closure_matches_modprobe(image: GuestImage, tmp_path: Path) -> None:
     modprobe = shutil.which("modprobe", path="/usr/sbin:/sbin:/usr/bin:/bin")
     depmod = shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin:/bin")
     if modprobe is None or depmod is None:
-        pytest.skip("kmod not installed")
+        missing("kmod not installed (apt-get install kmod)")
     builder = ImageBuilder()
     source = builder.kernel_source().materialize()
     # modprobe needs depmod's binary indexes; build them in a scratch root, not in the cache.

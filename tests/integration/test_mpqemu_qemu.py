@@ -28,6 +28,7 @@ import pytest
 
 from devmodels import GuestMemory
 from devmodels.testdev import PciTestDevice
+from tests.prerequisites import missing, need
 
 pytestmark = pytest.mark.guest
 
@@ -192,15 +193,13 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         from harness.guest import build_image
         from harness.qemu.launcher import qemu_available
     except ImportError as exc:
-        pytest.skip(f"guest image builder / launcher not available: {exc}")
-    reason = qemu_available()
-    if reason is not None:
-        pytest.skip(reason)
+        missing(f"guest image builder / launcher not available: {exc}")
+    need(qemu_available())
     probe = subprocess.run(
         ["qemu-system-x86_64", "-device", "x-pci-proxy-dev,help"], capture_output=True, text=True, check=False
     )
     if probe.returncode != 0 or "fd=" not in probe.stdout:
-        pytest.skip("this QEMU has no x-pci-proxy-dev (multi-process QEMU is not built in)")
+        missing("this QEMU has no x-pci-proxy-dev (multi-process QEMU is not built in)")
     from devmodels import HostError
 
     extra: dict[str, bytes | str | Path] = {}
@@ -215,7 +214,7 @@ def guest_image(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
             optional_modules=(),
         )
     except HostError as exc:
-        pytest.skip(f"cannot build the guest image: {exc}")
+        missing(f"cannot build the guest image: {exc}")
 
 
 def test_testdev_through_x_pci_proxy_dev(guest_image) -> None:  # type: ignore[no-untyped-def]
