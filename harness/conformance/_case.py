@@ -15,6 +15,10 @@ Rules:
 4. ``image_extras`` may add files to the guest image (fio, an ISO); every case's extras go
    into the one image the run builds, so they must not clash. A case that needs a very
    different image (a Python interpreter inside) defines ``own_image()`` instead.
+5. A case declares ``required_checks``: every guest and host check it must report. A check
+   that a guest script skips (fio missing from the image, a step it never reached) must not
+   vanish from the row: the runner fails the row and names each required check that was
+   not reported. A case that declares none fails too.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ class Case(Protocol):
     device: str
     path: str
     guest_script: str
+
+    @property
+    def required_checks(self) -> frozenset[str]:
+        """Every check the row must report, guest and host (rule 5)."""
+        ...
 
     @property
     def name(self) -> str:

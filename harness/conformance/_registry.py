@@ -3,6 +3,9 @@
 A provider is ``"module:function"``; the function returns a list of cases. Each device
 adds its line here. A provider whose module fails to import yields one failed row rather
 than hiding the device (the matrix must show what is missing).
+
+A pattern selects the case names it matches (``fnmatch``); a pattern that matches no name
+is also tried as a prefix, so ``--only testdev`` selects ``testdev-proxy``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def load_cases(patterns: Sequence[str] = ()) -> tuple[list[Case], list[tuple[str
     Returns:
         (cases, broken) where ``broken`` lists (provider, error) for providers that failed.
     """
-    cases: list[Case] = []
+    provided_cases: list[Case] = []
     broken: list[tuple[str, str]] = []
     for provider in PROVIDERS:
         module_name, _, function = provider.partition(":")
@@ -44,7 +47,14 @@ def load_cases(patterns: Sequence[str] = ()) -> tuple[list[Case], list[tuple[str
         except Exception as exc:  # noqa: BLE001 - reported as a failed row
             broken.append((provider, f"{type(exc).__name__}: {exc}"))
             continue
-        for case in provided:
-            if not patterns or any(fnmatch.fnmatchcase(case.name, p) for p in patterns):
-                cases.append(case)
-    return cases, broken
+        provided_cases.extend(provided)
+    if not patterns:
+        return provided_cases, broken
+    names = [case.name for case in provided_cases]
+    globs = [p if any(fnmatch.fnmatchcase(n, p) for n in names) else f"{_glob_escape(p)}*" for p in patterns]
+    return [case for case in provided_cases if any(fnmatch.fnmatchcase(case.name, g) for g in globs)], broken
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as an ``fnmatch`` pattern that matches only itself."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

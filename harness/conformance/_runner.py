@@ -9,6 +9,9 @@ Rules:
 3. A row passes when the guest printed ``DEVMODELS-DONE``, every guest and host check
    passed, and there was at least one check besides ``init.modules``: a case that reports
    nothing has not shown anything.
+4. Every check in the case's ``required_checks`` must have been reported (``score_row``):
+   each missing one is added to the row as a failed check saying so, so the row fails and
+   the matrix names it. A case that declares no required checks fails as well.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import contextlib
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ._case import Case, Row
 
-__all__ = ["run_cases", "build_case_image", "format_matrix"]
+__all__ = ["run_cases", "build_case_image", "format_matrix", "score_row", "NOT_REPORTED"]
+
+NOT_REPORTED = "required check not reported"
 
 
 def build_case_image(cases: Sequence[Case], progress: bool | None = None):  # type: ignore[no-untyped-def]
@@ -91,11 +96,24 @@ def run_cases(
             row.error = f"{type(exc).__name__}: {exc}"
             row.details["traceback"] = "".join(traceback.format_exception(exc)[-4:])
         row.seconds = time.monotonic() - start
-        meaningful = [name for name in row.checks if name != "init.modules"]
-        row.passed = not row.error and bool(meaningful) and all(row.checks.values())
+        score_row(row, getattr(case, "required_checks", frozenset()))
         rows.append(row)
         progress(f"conformance: {case.name}: {'PASS' if row.passed else 'FAIL'} in {row.seconds:.1f} s")
     return rows
+
+
+def score_row(row: Row, required: Collection[str]) -> None:
+    """Decide ``row.passed`` (rules 3 and 4), adding each required check not reported as failed."""
+    if not required and not row.error:
+        row.error = "the case declares no required checks (Case.required_checks)"
+    missing = sorted(set(required) - set(row.checks))
+    for name in missing:
+        row.checks[name] = False
+        row.details[name] = NOT_REPORTED
+    if missing and not row.error:
+        row.error = f"{len(missing)} required check(s) not reported: {', '.join(missing)}"
+    meaningful = [name for name in row.checks if name != "init.modules"]
+    row.passed = not row.error and bool(meaningful) and all(row.checks.values())
 
 
 def format_matrix(rows: Sequence[Row]) -> str:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ class MpqemuCase:
         guest_script: the guest's test script.
         name: the case id (default ``<driver>-proxy``).
         append: extra kernel command-line words.
+        required_checks: every guest and host check the row must report (the case rule 5).
     """
 
     path = PROXY_PATH
@@ -56,6 +58,7 @@ class MpqemuCase:
         *,
         name: str | None = None,
         append: tuple[str, ...] = (),
+        required_checks: Iterable[str] = (),
     ) -> None:
         self.driver = driver
         self.device = device
@@ -63,6 +66,7 @@ class MpqemuCase:
         self.guest_script = guest_script
         self._name = name or f"{driver}-proxy"
         self._append = list(append)
+        self.required_checks = frozenset(required_checks)
         self.server_log: Path | None = None
 
     @property

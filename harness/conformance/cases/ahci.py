@@ -26,7 +26,7 @@ from .e1000 import POLLED_INTX_APPEND
 if TYPE_CHECKING:
     from ...qemu.launcher import BootResult
 
-__all__ = ["cases", "GUEST_SCRIPT"]
+__all__ = ["cases", "GUEST_SCRIPT", "REQUIRED_CHECKS"]
 
 DISK_SIZE = 64 << 20
 ISO_SIZE = 4 << 20
@@ -65,6 +65,12 @@ sync
 """
 
 
+REQUIRED_CHECKS = frozenset({
+    "ahci.bound", "ahci.sda", "ahci.size", "ahci.write_direct", "ahci.read_back", "ahci.ncq", "ahci.blkdiscard",
+    "ahci.sr0", "host.image_data", "host.discard_hole", "host.iso_hash",
+})
+
+
 def has_hole(path: Path, offset: int, length: int) -> bool:
     """Whether ``[offset, offset+length)`` of ``path`` holds no allocated data."""
     fd = os.open(path, os.O_RDONLY)
@@ -83,7 +89,7 @@ class AhciCase(MpqemuCase):
 
     def __init__(self) -> None:
         super().__init__("ahci", "AHCI ICH9 8086:2922 + disk + CD", "ahci", GUEST_SCRIPT, name="ahci-proxy",
-                         append=POLLED_INTX_APPEND)
+                         append=POLLED_INTX_APPEND, required_checks=REQUIRED_CHECKS)
         self.disk: Path | None = None
         self.iso_hash = ""
 

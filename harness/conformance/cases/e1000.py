@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from devmodels.backends.net.responder import Responder
     from ...qemu.launcher import BootResult
 
-__all__ = ["cases", "GUEST_SCRIPT", "POLLED_INTX_APPEND", "GUEST_IP", "HOST_IP"]
+__all__ = ["cases", "GUEST_SCRIPT", "REQUIRED_CHECKS", "POLLED_INTX_APPEND", "GUEST_IP", "HOST_IP"]
 
 # What a TCG guest needs to service INTx behind QEMU 7.2's proxy (see the module docstring).
 POLLED_INTX_APPEND = ("irqpoll", "nolapic_timer", "nohz=off")
@@ -51,12 +51,17 @@ check e1000.rx_bytes test "$rx" -gt {PING_COUNT * PING_SIZE}
 """
 
 
+REQUIRED_CHECKS = frozenset({
+    "e1000.bound", "e1000.carrier", "e1000.arp", "e1000.ping", "e1000.bulk_echo", "e1000.rx_bytes", "host.responder",
+})
+
+
 class E1000Case(MpqemuCase):
     """The e1000 row: device server with a socketpair backend, responder in this process."""
 
     def __init__(self) -> None:
         super().__init__("e1000", "e1000 82540EM 8086:100e", "e1000", GUEST_SCRIPT, name="e1000-proxy",
-                         append=POLLED_INTX_APPEND)
+                         append=POLLED_INTX_APPEND, required_checks=REQUIRED_CHECKS)
         self.responder: Responder | None = None
 
     def server_setup(self, stack: contextlib.ExitStack, workdir: Path) -> tuple[list[str], list[int]]:

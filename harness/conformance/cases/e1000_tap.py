@@ -72,6 +72,7 @@ __all__ = [
     "SOURCE_PORT",
     "TX_BYTES",
     "RX_BYTES",
+    "REQUIRED_CHECKS",
 ]
 
 HOST_IP = "10.0.3.1"
@@ -422,13 +423,20 @@ fi
 """
 
 
+REQUIRED_CHECKS = frozenset({
+    "e1000tap.bound", "e1000tap.carrier", "e1000tap.ping", "e1000tap.offloads_default", "e1000tap.tx_offload_on",
+    "e1000tap.offloads_off", "e1000tap.tx_offload_off", "e1000tap.rx", "host.tx_offload_on", "host.tx_offload_off",
+    "host.rx_source",
+})
+
+
 class E1000TapCase(MpqemuCase):
     """The e1000 row over a TAP in a namespace, with TCP both ways (module docstring)."""
 
     def __init__(self) -> None:
         self._rx_sha256 = hashlib.sha256(source_bytes(RX_BYTES)).hexdigest()
         super().__init__("e1000", "e1000 82540EM 8086:100e", "e1000", guest_script(self._rx_sha256),
-                         name="e1000-tap", append=POLLED_INTX_APPEND)
+                         name="e1000-tap", append=POLLED_INTX_APPEND, required_checks=REQUIRED_CHECKS)
         self.sink: TcpSink | None = None
         self.namespace: NetNamespace | None = None
         self.tap = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._mpqemu import MpqemuCase
 
-__all__ = ["cases", "GUEST_SCRIPT"]
+__all__ = ["cases", "GUEST_SCRIPT", "REQUIRED_CHECKS"]
 
 GUEST_SCRIPT = r"""
 find_pci() {
@@ -53,9 +53,15 @@ expect testdev.dma_copy "$bad words differ" "0 words differ"
 """
 
 
+REQUIRED_CHECKS = frozenset({
+    "testdev.enumerated", "testdev.class", "testdev.bar0_id", "testdev.bar0_scratch", "testdev.bar1_id",
+    "testdev.dma_status", "testdev.dma_copy",
+})
+
+
 def cases() -> list[MpqemuCase]:
     """The test device's row."""
     return [
         MpqemuCase("none (sysfs+devmem)", "testdev 1234:de70", "testdev", GUEST_SCRIPT, name="testdev-proxy",
-                   append=("memmap=1M$0x10000000",))
+                   append=("memmap=1M$0x10000000",), required_checks=REQUIRED_CHECKS)
     ]

@@ -9,6 +9,16 @@ a ``VhostUserServer`` thread in this process.
   and reports the checksum; the host then finds the same bytes in the image file.
 - net: the guest brings eth0 up, resolves the host-side ``Responder`` with ARP and pings it
   (busybox ping); the host checks that the responder saw the guest's ARP and echo requests.
+- every row: the host checks the ring layout really used (``host.ring_layout``). The device
+  offers VIRTIO_F_RING_PACKED either way; QEMU's ``packed=on`` decides. Each time the
+  session starts a ring it emits the ``vhost_user.ring`` trace event (``packed``, in the
+  server's thread); ``RingLayouts`` records it with the features the device accepted at that
+  moment. The firmware drives the disk first (SeaBIOS's virtio-blk negotiates split rings),
+  so the check looks at the last negotiation, the Linux driver's: the rings started under
+  the last accepted feature set. A packed row needs VIRTIO_F_RING_PACKED in that set and
+  those rings started packed (virtio 1.2 §2.8); a split row needs neither.
+- fio is required: without it in the image (no fio on the host) ``blk.fio_verify`` is not
+  reported and the row fails naming it.
 """
 
 from __future__ import annotations
@@ -20,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from devmodels._trace import RecordingSink
 from .._case import Attachment
 
 if TYPE_CHECKING:
     from ...guest import ImageBuilder
     from ...qemu.launcher import BootResult
 
-__all__ = ["cases", "VhostUserBlkCase", "VhostUserNetCase", "BLK_SCRIPT", "NET_SCRIPT"]
+__all__ = ["cases", "VhostUserBlkCase", "VhostUserNetCase", "RingLayouts", "BLK_SCRIPT", "NET_SCRIPT",
+           "BLK_REQUIRED_CHECKS", "NET_REQUIRED_CHECKS"]
 
 IMAGE_SIZE = 64 << 20
 DATA_OFFSET = 1 << 20  # where the guest writes its random data (bytes)
@@ -69,6 +81,58 @@ check net.ping_large ping -c 3 -s 1400 -W 5 10.0.2.2
 """
 
 
+BLK_REQUIRED_CHECKS = frozenset({
+    "blk.vda.appears", "blk.driver", "blk.size", "blk.write", "blk.readback", "blk.data", "blk.small_io",
+    "blk.fio_verify", "blk.flush", "host.image_data", "host.ring_layout",
+})
+
+NET_REQUIRED_CHECKS = frozenset({
+    "net.eth0.appears", "net.driver", "net.up", "net.ping", "net.arp", "net.ping_large", "host.arp", "host.icmp",
+    "host.ring_layout",
+})
+
+
+class RingLayouts(RecordingSink):
+    """The layout of every ring a vhost-user session started, with the features the device
+    had accepted then (module docstring).
+
+    Args:
+        device: the served device (``negotiated`` is read when a ring starts).
+    """
+
+    def __init__(self, device: Any) -> None:
+        super().__init__("vhost_user.ring")
+        self._device = device
+        self.starts: list[tuple[bool, int]] = []
+        """(ring started packed, the device's negotiated features) per ring start."""
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+        """Keep ring starts only (the sink sees every enabled event)."""
+        if name == "vhost_user.ring" and fields.get("event") == "start":
+            self.starts.append((bool(fields.get("packed")), int(self._device.negotiated)))
+
+    def check(self, packed: bool) -> tuple[bool, str]:
+        """``host.ring_layout``: the rings of the last negotiation have the expected layout
+        and VIRTIO_F_RING_PACKED was accepted exactly when it should be (module docstring)."""
+        from virtio.defs import VIRTIO_F_RING_PACKED
+
+        want = "packed" if packed else "split"
+        history = ", ".join(f"{'packed' if p else 'split'}/{features:#x}" for p, features in self.starts)
+        detail = f"want {want}; ring starts (layout/accepted features): {history or 'none'}"
+        if not self.starts:
+            return False, detail
+        last = self.starts[-1][1]
+        final = [started_packed for started_packed, features in self.starts if features == last]
+        accepted = bool(last >> VIRTIO_F_RING_PACKED & 1)
+        return accepted == packed and all(p == packed for p in final), detail
+
+
+def _record_layouts(stack: contextlib.ExitStack, device: Any) -> RingLayouts:
+    layouts = RingLayouts(device)
+    stack.enter_context(layouts)
+    return layouts
+
+
 @dataclass
 class VhostUserBlkCase:
     """virtio_blk over vhost-user-blk-pci, served by a ``VirtioBlkDevice``."""
@@ -77,7 +141,9 @@ class VhostUserBlkCase:
     driver: str = "virtio_blk"
     path: str = "vhost-user"
     guest_script: str = BLK_SCRIPT
+    required_checks: frozenset[str] = BLK_REQUIRED_CHECKS
     image: Path | None = field(default=None, repr=False)
+    layouts: RingLayouts | None = field(default=None, repr=False)
 
     @property
     def device(self) -> str:
@@ -108,6 +174,7 @@ class VhostUserBlkCase:
         backend = RawFileBackend(self.image, workers=4)
         stack.callback(backend.close)
         device = VirtioBlkDevice(GuestMemory(), backend, queue_size=256, packed=True)
+        self.layouts = _record_layouts(stack, device)
         socket_path = workdir / "blk.sock"
         server = VhostUserServer(device, socket_path)
         stack.callback(server.close)
@@ -120,14 +187,15 @@ class VhostUserBlkCase:
         )
 
     def host_checks(self, result: BootResult) -> dict[str, tuple[bool, str]]:
-        """The checksum the guest reported matches the image file's bytes."""
+        """The checksum the guest reported matches the image file's bytes; the ring layout."""
+        layout = self.layouts.check(self.packed) if self.layouts is not None else (False, "not started")
         reported = result.checks.get("blk.data", (False, ""))[1].strip()
         if self.image is None or not reported:
-            return {"host.image_data": (False, "the guest reported no checksum")}
+            return {"host.image_data": (False, "the guest reported no checksum"), "host.ring_layout": layout}
         with open(self.image, "rb") as f:
             f.seek(DATA_OFFSET)
             digest = hashlib.sha256(f.read(DATA_LENGTH)).hexdigest()
-        return {"host.image_data": (digest == reported, digest)}
+        return {"host.image_data": (digest == reported, digest), "host.ring_layout": layout}
 
 
 @dataclass
@@ -139,7 +207,9 @@ class VhostUserNetCase:
     driver: str = "virtio_net"
     path: str = "vhost-user"
     guest_script: str = NET_SCRIPT
+    required_checks: frozenset[str] = NET_REQUIRED_CHECKS
     responder: Any = field(default=None, repr=False)
+    layouts: RingLayouts | None = field(default=None, repr=False)
 
     @property
     def device(self) -> str:
@@ -168,6 +238,7 @@ class VhostUserNetCase:
         self.responder.start()
         stack.callback(self.responder.stop)
         device = VirtioNetDevice(GuestMemory(), ours, queue_size=256, ctrl_vq=False, packed=True)
+        self.layouts = _record_layouts(stack, device)
         socket_path = workdir / "net.sock"
         server = VhostUserServer(device, socket_path)
         stack.callback(server.close)
@@ -181,13 +252,15 @@ class VhostUserNetCase:
         )
 
     def host_checks(self, result: BootResult) -> dict[str, tuple[bool, str]]:
-        """The responder answered the guest's ARP and echo requests."""
+        """The responder answered the guest's ARP and echo requests; the ring layout."""
+        layout = self.layouts.check(self.packed) if self.layouts is not None else (False, "not started")
         if self.responder is None:
-            return {"host.responder": (False, "not started")}
+            return {"host.responder": (False, "not started"), "host.ring_layout": layout}
         stats = self.responder.stats()
         return {
             "host.arp": (stats.arp_replies > 0, f"{stats.arp_replies} ARP replies"),
             "host.icmp": (stats.icmp_replies >= 5, f"{stats.icmp_replies} echo replies"),
+            "host.ring_layout": layout,
         }
 
 

@@ -1,0 +1,166 @@
+"""Every conformance case declares the checks it must report; a missing one fails its row.
+
+Also the vhost-user rows' host-side ring layout check, against a real ``VhostUserServer``
+driven by the fake front-end over a socketpair.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from devmodels import GuestMemory
+from devmodels.backends import MemoryDiskBackend
+from harness.conformance import Row, format_matrix, load_cases
+from harness.conformance._runner import NOT_REPORTED, score_row
+from harness.conformance.cases.vhost_user import RingLayouts
+from virtio.blk import VirtioBlkDevice
+from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED
+from virtio.testing import make_driver
+from virtio.vhost_user import VhostUserServer
+from virtio.vhost_user.testing import FakeFrontEnd, SharedRam
+
+CASES, BROKEN = load_cases()
+
+
+def _row(checks: dict[str, bool]) -> Row:
+    return Row("virtio_blk", "vhost-user-blk", "vhost-user", False, dict(checks))
+
+
+def test_a_row_with_every_required_check_passes() -> None:
+    row = _row({"init.modules": True, "blk.write": True, "blk.fio_verify": True})
+    score_row(row, {"blk.write", "blk.fio_verify"})
+    assert row.passed and not row.error
+
+
+def test_a_missing_required_check_fails_the_row_and_is_named() -> None:
+    row = _row({"init.modules": True, "blk.write": True})  # fio was not in the image
+    score_row(row, {"blk.write", "blk.fio_verify", "host.ring_layout"})
+    assert not row.passed
+    assert row.checks["blk.fio_verify"] is False and row.details["blk.fio_verify"] == NOT_REPORTED
+    assert row.checks["host.ring_layout"] is False
+    assert "blk.fio_verify" in row.error and "host.ring_layout" in row.error
+    text = format_matrix([row])
+    assert "failed: blk.fio_verify, host.ring_layout" in text
+    assert f"blk.fio_verify: {NOT_REPORTED}" in text
+
+
+def test_a_failed_required_check_still_fails() -> None:
+    row = _row({"blk.write": False})
+    score_row(row, {"blk.write"})
+    assert not row.passed and not row.error
+
+
+def test_a_case_that_declares_nothing_fails() -> None:
+    row = _row({"blk.write": True})
+    score_row(row, frozenset())
+    assert not row.passed and "declares no required checks" in row.error
+
+
+def test_an_errored_row_keeps_its_error_and_lists_the_missing_checks() -> None:
+    row = _row({})
+    row.error = "HostError: no kernel"
+    score_row(row, {"blk.write"})
+    assert not row.passed and row.error == "HostError: no kernel" and row.checks == {"blk.write": False}
+
+
+def test_every_case_declares_required_checks() -> None:
+    assert not BROKEN, BROKEN
+    assert CASES
+    for case in CASES:
+        assert isinstance(case.required_checks, frozenset) and case.required_checks, case.name
+
+
+# Where a case's check names are written: its guest script and its module (host checks),
+# and for the kernel-VFIO row the program its guest runs.
+_EXTRA_SOURCES = {"vfio-kernel-edu": ["passthrough.kernel.edu"]}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_required_check_names_are_ones_the_case_can_report(case) -> None:  # type: ignore[no-untyped-def]
+    """A typo in a declaration would fail the row forever; each name must appear where it is made."""
+    text = case.guest_script + inspect.getsource(sys.modules[type(case).__module__])
+    for module in _EXTRA_SOURCES.get(case.name, []):
+        __import__(module)
+        text += inspect.getsource(sys.modules[module])
+    unknown = sorted(name for name in case.required_checks if f"{name}" not in text)
+    assert not unknown, unknown
+
+
+def test_vhost_user_blk_requires_fio_and_the_ring_layout() -> None:
+    for case in CASES:
+        if case.name.startswith("vhost-user-blk"):
+            assert {"blk.fio_verify", "host.ring_layout"} <= case.required_checks
+        if case.name.startswith("vhost-user-net"):
+            assert "host.ring_layout" in case.required_checks
+
+
+# -- host.ring_layout against a real server -----------------------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[VirtioBlkDevice, FakeFrontEnd, SharedRam]]:
+    disk = MemoryDiskBackend(1 << 20)
+    device = VirtioBlkDevice(GuestMemory(), disk, queue_size=64, packed=True)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server = VhostUserServer(device)
+    server.adopt(ours)
+    server.start()
+    ram = SharedRam.create()
+    frontend = FakeFrontEnd(theirs, ram, timeout=5.0)
+    yield device, frontend, ram
+    frontend.close()
+    server.close()
+    ram.close()
+    disk.close()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_ring_layout_records_what_the_session_started(served, packed: bool) -> None:  # type: ignore[no-untyped-def]
+    device, frontend, ram = served
+    with RingLayouts(device) as layouts:
+        features = frontend.get_features()
+        if not packed:
+            features &= ~(1 << VIRTIO_F_RING_PACKED)
+        frontend.handshake(features)
+        driver = make_driver(ram.memory, 64, packed=packed, base=0x100000,
+                             event_idx=bool(features >> VIRTIO_F_EVENT_IDX & 1))
+        frontend.setup_ring(0, driver)
+        deadline = time.monotonic() + 5
+        while not layouts.starts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert layouts.check(packed)[0], layouts.check(packed)[1]
+        ok, detail = layouts.check(not packed)
+        assert not ok and f"want {'split' if packed else 'packed'}" in detail
+        assert all(bool(negotiated >> VIRTIO_F_RING_PACKED & 1) == packed for _, negotiated in layouts.starts)
+
+
+def test_ring_layout_without_any_ring_start_fails() -> None:
+    layouts = RingLayouts(object())
+    ok, detail = layouts.check(True)
+    assert not ok and detail.endswith("none")
+
+
+SPLIT, PACKED = 1 << 32, 1 << 32 | 1 << VIRTIO_F_RING_PACKED
+
+
+@pytest.mark.parametrize(
+    ("starts", "packed_ok", "split_ok"),
+    [
+        ([(False, SPLIT), (True, PACKED), (True, PACKED)], True, False),  # firmware split, then Linux packed
+        ([(True, PACKED), (False, SPLIT)], False, True),  # the last negotiation decides
+        ([(False, SPLIT), (False, SPLIT)], False, True),
+        ([(False, PACKED)], False, False),  # accepted packed but started a split ring
+        ([(True, SPLIT)], False, False),  # started packed without the feature
+    ],
+)
+def test_ring_layout_judges_the_last_negotiation(starts, packed_ok: bool, split_ok: bool) -> None:  # type: ignore[no-untyped-def]
+    layouts = RingLayouts(object())
+    layouts.starts = list(starts)
+    assert layouts.check(True)[0] is packed_ok
+    assert layouts.check(False)[0] is split_ok
