@@ -13,7 +13,8 @@ Rules:
    only ``VERSION`` is accepted, after it ``VERSION`` is refused. ``VERSION`` is answered
    by ``negotiate.negotiate``: only capabilities the client proposed, each number the
    smaller of ours and the proposal. The negotiated values (``limits``) are enforced for
-   the rest of the connection: fds per message, bytes per transfer, DMA windows.
+   the rest of the connection: fds per message, bytes per transfer, DMA windows (how many,
+   and in whole pages of the smallest negotiated page size).
 2. Client input is untrusted (vfio-user.rst "Security Considerations"): a malformed or
    invalid command gets an error reply with an errno (``VfioUserReject``), the fds it
    carried are closed, and the server carries on. Only a header that breaks the framing
@@ -509,6 +510,10 @@ class VfioUserServer:
             raise VfioUserReject(errno.EINVAL, f"DMA_MAP argsz {request.argsz} exceeds the {len(message.payload)} bytes sent")
         if len(message.fds) > 1:
             raise VfioUserReject(errno.EINVAL, f"DMA_MAP carries {len(message.fds)} file descriptors (at most 1)")
+        # "pgsizes": the page sizes of DMA map operations; a window is whole pages of the smallest.
+        page = self.limits.pgsizes & -self.limits.pgsizes
+        if request.address % page or request.size % page:
+            raise VfioUserReject(errno.EINVAL, f"DMA window [{request.address:#x}, +{request.size:#x}) is not in {page:#x}-byte pages")
         fd = message.fds[0] if message.fds else None
         window = self.dma.add(request.address, request.size, request.flags, fd, request.offset)
         self.features.window_added(window)

@@ -115,6 +115,20 @@ def test_negotiated_max_data_xfer_size_and_max_dma_maps_are_enforced() -> None:
     served.close()
 
 
+def test_dma_windows_are_whole_negotiated_pages() -> None:
+    served = Served()
+    served.version(b'{"capabilities":{"pgsizes":2097152}}\0')  # 2 MiB pages only
+    expect_error(served.map(0x200000, 0x1000), errno.EINVAL)
+    expect_error(served.map(0x1000, 0x200000), errno.EINVAL)
+    assert not served.map(0x200000, 0x400000).is_error
+    served.close()
+    served.connect()
+    served.version()  # QEMU's 4 KiB
+    expect_error(served.map(0x800, 0x1000), errno.EINVAL)
+    assert not served.map(0x1000, 0x1000).is_error
+    served.close()
+
+
 def test_refused_negotiation_is_logged_and_the_client_may_try_again(caplog: pytest.LogCaptureFixture) -> None:
     served = Served()
     with caplog.at_level(logging.WARNING, "devmodels.passthrough.vfio_user"):
