@@ -11,8 +11,11 @@ Rules:
 
 1. Every frame is guest-generated: each header is validated (lengths against the frame,
    IPv4 header checksum, ICMP and UDP checksums, fragments refused) and a frame that fails
-   is ignored and counted under a reason in ``stats().ignored``. ``handle`` never raises on
-   frame content.
+   is refused and counted under a reason in ``stats().ignored`` (``stats().refused`` is
+   their total). ``handle`` never raises on frame content: a frame on which a parser
+   raises anyway (a check the validation missed, a bug) is refused too, but counted apart
+   (``stats().parser_errors``, reason ``parser-error``, the last exception in
+   ``stats().last_parser_error``) and logged, so tests can insist that it never happens.
 2. Replies are built fresh with correct checksums (``_packets``); they never copy guest
    header fields other than addresses, ports, ICMP identifier/sequence and payload.
 3. All state is bounded: fixed ports, a ``max_records`` CRC ring per port, a neighbour table
@@ -92,6 +95,15 @@ class ResponderStats:
     sent: int
     replies_dropped: int
     ignored: dict[str, int] = field(default_factory=dict)
+    parser_errors: int = 0
+    """Frames on which a parser raised (rule 1): refused, but a validation is missing."""
+    last_parser_error: str = ""
+    """The last such exception (type and message)."""
+
+    @property
+    def refused(self) -> int:
+        """Frames refused for any reason (the sum of ``ignored``)."""
+        return sum(self.ignored.values())
 
 
 class _Port:
@@ -173,6 +185,8 @@ class Responder:
         self._counts = dict.fromkeys(
             ("received", "arp_replies", "icmp_replies", "udp_echoed", "udp_sunk", "udp_no_checksum", "sent",
              "replies_dropped"), 0)
+        self._parser_errors = 0
+        self._last_parser_error = ""
         self._ident = 0
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -190,8 +204,12 @@ class Responder:
             self._counts["received"] += 1
             try:
                 result = self._dispatch(data)
-            except (struct.error, ValueError, IndexError):  # defensive: a parser missed a check
-                result = "malformed"
+            except Exception as exc:  # noqa: BLE001 - rule 1: refused, counted apart and logged
+                self._parser_errors += 1
+                self._last_parser_error = f"{type(exc).__name__}: {exc}"
+                _log.warning("responder: a parser raised on a %d-byte frame (refused): %s", len(data),
+                             self._last_parser_error)
+                result = "parser-error"
             if isinstance(result, str):
                 self._ignored[result] = self._ignored.get(result, 0) + 1
                 return []
@@ -309,7 +327,8 @@ class Responder:
     def stats(self) -> ResponderStats:
         """The counters now."""
         with self._lock:
-            return ResponderStats(**self._counts, ignored=dict(self._ignored))
+            return ResponderStats(**self._counts, ignored=dict(self._ignored), parser_errors=self._parser_errors,
+                                  last_parser_error=self._last_parser_error)
 
     def udp(self, port: int) -> UdpRecord:
         """What arrived on UDP ``port`` so far.

@@ -189,7 +189,18 @@ def test_random_corruption_never_raises_and_replies_stay_valid(base, edits, cut)
         if at < len(frame):
             frame[at] = value
     for candidate in (bytes(frame), bytes(frame[:cut])):
-        for reply in r.handle(candidate):
+        before = r.stats()
+        replies = r.handle(candidate)
+        after = r.stats()
+        # Refused by a validation (counted under a reason), never by a parser raising.
+        assert after.parser_errors == 0, after.last_parser_error
+        assert after.received == before.received + 1
+        answered = (after.arp_replies + after.icmp_replies + after.udp_echoed + after.udp_sunk
+                    - before.arp_replies - before.icmp_replies - before.udp_echoed - before.udp_sunk)
+        refused = after.refused - before.refused
+        assert (answered, refused) in ((1, 0), (0, 1), (0, 0)), (answered, refused)  # (0, 0): an ARP reply
+        assert len(replies) <= answered
+        for reply in replies:
             # Whatever got through validation, the reply is well formed.
             if reply[12:14] == b"\x08\x00":
                 packet = parse_ipv4_frame(reply)
@@ -202,13 +213,39 @@ def test_random_corruption_never_raises_and_replies_stay_valid(base, edits, cut)
     b.close()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200))
-def test_random_bytes_never_raise(data):
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200), header=st.sampled_from([b"", R_MAC + G_MAC + b"\x08\x00",
+                                                             R_MAC + G_MAC + b"\x08\x06",
+                                                             b"\xff" * 6 + G_MAC + b"\x08\x06"]))
+def test_random_bytes_get_no_reply_and_are_counted_as_refused(data, header):
+    """Garbage (alone, or behind an Ethernet header for us) is refused by validation."""
     a, b = LoopbackBackend.pair()
-    Responder(b, "10.0.2.2").handle(data)
+    r = Responder(b, "10.0.2.2", mac=R_MAC)
+    assert r.handle(header + data) == []
+    stats = r.stats()
+    assert stats.parser_errors == 0, stats.last_parser_error
+    assert stats.received == 1 and stats.refused == 1, stats.ignored
+    assert "parser-error" not in stats.ignored
+    assert (stats.arp_replies, stats.icmp_replies, stats.udp_echoed, stats.udp_sunk) == (0, 0, 0, 0)
+    r.poll()  # nothing was queued for the wire
+    assert a.receive(8) == [] and r.stats().sent == 0
     a.close()
     b.close()
+
+
+def test_a_parser_that_raises_refuses_the_frame_and_is_counted_apart(responder, monkeypatch, caplog):
+    def broken(frame):
+        raise IndexError("index out of range")
+
+    monkeypatch.setattr(responder, "_arp", broken)
+    assert responder.handle(arp_frame(1, G_MAC, G_IP, bytes(6), R_IP)) == []
+    stats = responder.stats()
+    assert stats.parser_errors == 1 and stats.ignored == {"parser-error": 1} and stats.refused == 1
+    assert stats.last_parser_error == "IndexError: index out of range"
+    assert "a parser raised on a 60-byte frame" in caplog.text
+    # the responder goes on answering
+    monkeypatch.undo()
+    assert len(responder.handle(arp_frame(1, G_MAC, G_IP, bytes(6), R_IP))) == 1
 
 
 def test_thread_answers_through_the_backend(responder):
