@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,8 +14,19 @@ from ._runner import TARGETS, corpus_dir, load_executor, quiet_logs, repro, run
 from ._rig import Finding
 
 
-def _smoke(names: list[str], seconds: float) -> int:
-    """Replay every seed, then fuzz briefly with the built-in engine (CI's smoke pass)."""
+def smoke_seed(given: int | None) -> int:
+    """The built-in engine's RNG seed for a smoke run: ``given``, else a fresh one from
+    ``os.urandom``, so that each CI run explores new inputs instead of replaying the last."""
+    return given if given is not None else int.from_bytes(os.urandom(4), "little")
+
+
+def _smoke(names: list[str], seconds: float, rng_seed: int) -> int:
+    """Replay every seed, then fuzz briefly with the built-in engine (CI's smoke pass).
+
+    ``rng_seed`` (the engine's) is printed first, with the command that runs the same smoke again.
+    """
+    print(f"fuzz smoke: seed {rng_seed} (again: python -m fuzz smoke --seed {rng_seed} --time {seconds:g}"
+          f"{''.join(' ' + n for n in names) if names != sorted(TARGETS) else ''})", flush=True)
     failed = 0
     with tempfile.TemporaryDirectory() as tmp, quiet_logs():
         for name in names:
@@ -26,10 +38,10 @@ def _smoke(names: list[str], seconds: float) -> int:
                 except Finding as finding:
                     print(f"{name}: seed {seed.name}: {finding}", file=sys.stderr)
                     failed += 1
-            stats = run(name, seconds, crashes=Path(tmp), engine="builtin", progress=lambda line: None)
+            stats = run(name, seconds, crashes=Path(tmp), engine="builtin", seed=rng_seed, progress=lambda line: None)
             print(f"{name}: {len(seeds)} seeds, {stats.line()}")
             for kind, path in stats.findings.items():
-                print(f"{name}: FINDING {kind}: {Path(path).read_bytes().hex()}", file=sys.stderr)
+                print(f"{name}: FINDING {kind} (seed {rng_seed}): {Path(path).read_bytes().hex()}", file=sys.stderr)
                 failed += 1
     return 1 if failed else 0
 
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p_repro.add_argument("--target", choices=sorted(TARGETS))
     p_smoke = sub.add_parser("smoke", help="replay seeds and fuzz each target briefly")
     p_smoke.add_argument("--time", type=float, default=3)
+    p_smoke.add_argument("--seed", type=int, default=None,
+                         help="RNG seed of the built-in engine (default: a fresh one, printed)")
     p_smoke.add_argument("targets", nargs="*")
     p_seeds = sub.add_parser("seeds", help="rewrite the committed seed corpora from the targets' seed scripts")
     p_seeds.add_argument("targets", nargs="*")
@@ -81,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if repro(args.file, args.target) else 0
     if args.command == "seeds":
         return _seeds(args.targets or sorted(TARGETS))
-    return _smoke(args.targets or sorted(TARGETS), args.time)
+    return _smoke(args.targets or sorted(TARGETS), args.time, smoke_seed(args.seed))
 
 
 if __name__ == "__main__":
