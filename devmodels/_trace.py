@@ -7,7 +7,12 @@ Rules:
    ``if _tp_read.on: _tp_read.emit(reg="RCTL", value=v)``.
 3. A user switches events on by name or shell-style pattern (``enable("e1000.*")``), from
    code or with ``DEVMODELS_TRACE=pattern,pattern`` in the environment. Enabled events go
-   to every sink; the default sink is the ``devmodels.trace`` logger at DEBUG level.
+   to the output and to every added sink.
+4. The output prints by itself: by default one line per event on stderr (``trace NAME
+   key=value ...``), so ``DEVMODELS_TRACE=virtio.*`` alone shows the device's refusal
+   reasons. ``set_output`` (or ``DEVMODELS_TRACE_OUTPUT``) sends them elsewhere:
+   ``"stderr"``, ``"logging"`` (the ``devmodels.trace`` logger at DEBUG level), a file
+   path (appended to), or ``"none"`` (only the added sinks).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +34,7 @@ __all__ = [
     "remove_sink",
     "tracepoints",
     "RecordingSink",
+    "set_output",
 ]
 
 TraceSink = Callable[[str, dict[str, Any]], None]
@@ -38,17 +45,60 @@ _points: dict[str, TracePoint] = {}
 _patterns: list[tuple[bool, str]] = []  # (on?, pattern), applied in order
 
 
-def _log_sink(name: str, fields: dict[str, Any]) -> None:
-    if _log.isEnabledFor(logging.DEBUG):
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-        _log.debug("%s %s", name, text)
+def _text(name: str, fields: dict[str, Any]) -> str:
+    return " ".join([name, *(f"{k}={_fmt(v)}" for k, v in fields.items())])
 
 
 def _fmt(value: Any) -> str:
     return hex(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
 
 
-_sinks: list[TraceSink] = [_log_sink]
+def _log_sink(name: str, fields: dict[str, Any]) -> None:
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%s", _text(name, fields))
+
+
+def _stream_sink(stream: Callable[[], Any]) -> TraceSink:
+    def sink(name: str, fields: dict[str, Any]) -> None:
+        target = stream()
+        try:
+            target.write(f"trace {_text(name, fields)}\n")
+            target.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream must not break the device that traced
+
+    return sink
+
+
+_stderr_sink = _stream_sink(lambda: sys.stderr)
+_output: TraceSink | None = _stderr_sink  # rule 4
+_sinks: list[TraceSink] = []
+
+
+def set_output(target: str) -> None:
+    """Where enabled events print (rule 4): ``"stderr"`` (default), ``"logging"``, a file
+    path (appended to), or ``"none"``.
+
+    Raises:
+        UsageError: the file cannot be opened.
+    """
+    global _output
+    if target == "stderr":
+        sink: TraceSink | None = _stderr_sink
+    elif target == "logging":
+        sink = _log_sink
+    elif target == "none":
+        sink = None
+    else:
+        try:
+            stream = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the output
+        except OSError as exc:
+            from ._errors import UsageError
+
+            raise UsageError(f"trace output {target!r}: {exc.strerror}") from None
+        sink = _stream_sink(lambda: stream)
+    with _lock:
+        _output = sink
 
 
 class TracePoint:
@@ -61,7 +111,10 @@ class TracePoint:
         self.on = _matches(name)
 
     def emit(self, **fields: Any) -> None:
-        """Send the event to every sink (call only when ``on``)."""
+        """Send the event to the output and every sink (call only when ``on``)."""
+        output = _output
+        if output is not None:
+            output(self.name, fields)
         for sink in tuple(_sinks):
             sink(self.name, fields)
 
@@ -157,3 +210,5 @@ class RecordingSink:
 
 for _pattern in filter(None, os.environ.get("DEVMODELS_TRACE", "").split(",")):
     _patterns.append((True, _pattern.strip()))
+if os.environ.get("DEVMODELS_TRACE_OUTPUT"):
+    set_output(os.environ["DEVMODELS_TRACE_OUTPUT"])

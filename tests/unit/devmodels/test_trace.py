@@ -6,10 +6,11 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from devmodels import trace
+from devmodels import UsageError, trace
 
 
 def test_tracepoints_are_shared_and_off_by_default() -> None:
@@ -69,13 +70,46 @@ def test_add_and_remove_sink() -> None:
     assert seen == ["test_sink.event"]
 
 
-def test_default_sink_logs_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+def test_enabled_events_print_to_stderr_by_themselves(capsys: pytest.CaptureFixture[str]) -> None:
+    point = trace.tracepoint("test_out.event")
+    trace.enable("test_out.*")
+    try:
+        point.emit(addr=0x1000, name="x", ok=True)
+    finally:
+        trace.disable("test_out.*")
+    assert capsys.readouterr().err == "trace test_out.event addr=0x1000 name='x' ok=True\n"
+
+
+def test_output_to_logging_at_debug(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
     point = trace.tracepoint("test_log.event")
     trace.enable("test_log.*")
-    with caplog.at_level(logging.DEBUG, logger="devmodels.trace"):
-        point.emit(addr=0x1000, name="x", ok=True)
+    trace.set_output("logging")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="devmodels.trace"):
+            point.emit(addr=0x1000, name="x", ok=True)
+    finally:
+        trace.set_output("stderr")
+        trace.disable("test_log.*")
     messages = [r.getMessage() for r in caplog.records if r.name == "devmodels.trace"]
     assert messages == ["test_log.event addr=0x1000 name='x' ok=True"]
+    assert capsys.readouterr().err == ""
+
+
+def test_output_to_a_file_and_to_nowhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    point = trace.tracepoint("test_file.event")
+    trace.enable("test_file.*")
+    try:
+        trace.set_output(str(tmp_path / "trace.log"))
+        point.emit(n=1)
+        trace.set_output("none")
+        point.emit(n=2)
+    finally:
+        trace.set_output("stderr")
+        trace.disable("test_file.*")
+    assert (tmp_path / "trace.log").read_text() == "trace test_file.event n=0x1\n"
+    assert capsys.readouterr().err == ""
+    with pytest.raises(UsageError, match="trace output"):
+        trace.set_output(str(tmp_path / "no" / "such" / "dir"))
 
 
 def test_environment_variable_enables_patterns() -> None:
@@ -86,3 +120,12 @@ def test_environment_variable_enables_patterns() -> None:
     env = dict(os.environ, DEVMODELS_TRACE="bus.unm*, pci.*")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=os.getcwd())
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_environment_alone_makes_a_device_refusal_visible() -> None:
+    # DEVMODELS_TRACE alone, no logging set up: an unmapped bus read prints its event.
+    code = "from devmodels import Bus; Bus('mmio').read(0x1000, 4)"
+    env = dict(os.environ, DEVMODELS_TRACE="bus.*")
+    env.pop("DEVMODELS_TRACE_OUTPUT", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert "trace bus.unmapped" in out.stderr, out.stderr
