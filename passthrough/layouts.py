@@ -121,8 +121,8 @@ class Layout(Generic[T]):
         self.kind = kind
         self.size = self.struct.size
 
-    def pack(self, *values: int) -> bytes:
-        """The bytes of the structure with ``values`` in field order."""
+    def pack(self, *values: int | bytes) -> bytes:
+        """The bytes of the structure with ``values`` in field order (``bytes`` for ``s`` fields)."""
         return self.struct.pack(*values)
 
     def unpack(self, buffer: bytes | bytearray | memoryview, offset: int = 0) -> T:
