@@ -8,7 +8,8 @@ Rules:
    responders. What ``start`` opens it registers on the ``ExitStack`` it is given, so the
    runner always tears it down, whatever happens in the guest.
 2. ``start`` returns an ``Attachment``: the QEMU arguments, fds QEMU must inherit, whether
-   guest RAM must be a shared memfd, and kernel command-line words.
+   guest RAM must be a shared memfd, kernel command-line words, and which QEMU runs the
+   guest (7.2 unless the path needs 11.1).
 3. After the guest powers off, ``host_checks`` adds checks only the host can make (the
    data is in the image file, the responder saw the frames). Guest and host checks together
    decide the row.
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..qemu.binaries import QEMU_7_2, QemuBinary
+
 if TYPE_CHECKING:
     from ..guest import ImageBuilder
     from ..qemu.launcher import BootResult
@@ -44,6 +47,7 @@ class Attachment:
     shared_memory: bool = False
     append: list[str] = field(default_factory=list)
     memory_mb: int = 512
+    qemu: QemuBinary = QEMU_7_2
 
 
 class Case(Protocol):

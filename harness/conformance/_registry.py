@@ -21,6 +21,7 @@ __all__ = ["PROVIDERS", "load_cases", "BrokenProvider"]
 PROVIDERS: list[str] = [
     "harness.conformance.cases.vfio_kernel:cases",
     "harness.conformance.cases.testdev:cases",
+    "harness.conformance.cases.testdev_irqs:cases",
     "harness.conformance.cases.vhost_user:cases",
     "harness.conformance.cases.e1000:cases",
     "harness.conformance.cases.ahci:cases",

@@ -77,6 +77,7 @@ def run_cases(
                     test=case.name,
                     shared_memory=attachment.shared_memory,
                     pass_fds=attachment.pass_fds,
+                    qemu=attachment.qemu,
                     serial_log=(serial_dir / f"{case.name}.log") if serial_dir else None,
                 )
                 with launcher:

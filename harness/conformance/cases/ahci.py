@@ -7,8 +7,8 @@ O_DIRECT reads back with the same SHA-256, that libata runs NCQ at depth 32, tha
 ``blkdiscard`` succeeds, and that sr0 reads the ISO back. The host then finds the guest's
 bytes in the image file, the discarded range as a hole, and the ISO's hash.
 
-Interrupts reach the guest only by polling (``irqpoll nolapic_timer nohz=off``), as for the
-e1000: QEMU 7.2's proxy wires INTx through KVM irqfds only.
+The row runs on both PCI attachments (``_served``): behind QEMU 7.2's proxy with polled
+INTx, and over vfio-user on QEMU 11.1 with MSI.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._mpqemu import MpqemuCase
-from .e1000 import POLLED_INTX_APPEND
+from ._served import ATTACHMENTS, PROXY, ServedCase
 
 if TYPE_CHECKING:
     from ...qemu.launcher import BootResult
@@ -84,12 +83,13 @@ def has_hole(path: Path, offset: int, length: int) -> bool:
         os.close(fd)
 
 
-class AhciCase(MpqemuCase):
+class AhciCase(ServedCase):
     """The ahci row: image files in the work directory, checks on them afterwards."""
 
-    def __init__(self) -> None:
-        super().__init__("ahci", "AHCI ICH9 8086:2922 + disk + CD", "ahci", GUEST_SCRIPT, name="ahci-proxy",
-                         append=POLLED_INTX_APPEND, required_checks=REQUIRED_CHECKS)
+    def __init__(self, attachment: str = PROXY) -> None:
+        # Over vfio-user the controller carries ICH9's MSI capability and libahci uses it.
+        super().__init__("ahci", "AHCI ICH9 8086:2922 + disk + CD", "ahci", GUEST_SCRIPT, attachment=attachment,
+                         required_checks=REQUIRED_CHECKS, irq=("ahci", "PCI-MSI"))
         self.disk: Path | None = None
         self.iso_hash = ""
 
@@ -107,10 +107,10 @@ class AhciCase(MpqemuCase):
 
     def host_checks(self, result: BootResult) -> dict[str, tuple[bool, str]]:
         """The guest's bytes are in the image, the discard left a hole, sr0 read the ISO."""
-        checks: dict[str, tuple[bool, str]] = {}
+        checks = super().host_checks(result)
         wrote = re.search(r"AHCI-WROTE ([0-9a-f]{64})", result.log)
         if self.disk is None or wrote is None:
-            return {"host.image_data": (False, "the guest did not report what it wrote")}
+            return checks | {"host.image_data": (False, "the guest did not report what it wrote")}
         with open(self.disk, "rb") as f:
             f.seek(DATA_OFFSET)
             found = hashlib.sha256(f.read(1 << 20)).hexdigest()
@@ -122,6 +122,6 @@ class AhciCase(MpqemuCase):
         return checks
 
 
-def cases() -> list[MpqemuCase]:
-    """The ahci row."""
-    return [AhciCase()]
+def cases() -> list[ServedCase]:
+    """The ahci rows, one per attachment."""
+    return [AhciCase(attachment) for attachment in ATTACHMENTS]

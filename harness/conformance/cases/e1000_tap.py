@@ -16,7 +16,7 @@ fixed pseudo-random stream on ``SOURCE_PORT``. The guest (busybox ``nc``) then:
 The host compares each connection the sink saw with what the guest reported: exactly the
 bytes sent, same SHA-256. busybox has no ethtool, so the host's ``ethtool`` and its
 libraries are copied into the image (``apt-get install ethtool``); without it the row
-fails and says so. The guest polls INTx (``POLLED_INTX_APPEND``, see ``cases/e1000.py``).
+fails and says so. The row runs on both PCI attachments (``_served``).
 
 Rules:
 
@@ -52,8 +52,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from devmodels._errors import HostError, UsageError
 from .._case import Attachment
-from ._mpqemu import MpqemuCase
-from .e1000 import POLLED_INTX_APPEND
+from ._served import ATTACHMENTS, PROXY, ServedCase
 
 if TYPE_CHECKING:
     from ...guest import ImageBuilder
@@ -430,13 +429,14 @@ REQUIRED_CHECKS = frozenset({
 })
 
 
-class E1000TapCase(MpqemuCase):
+class E1000TapCase(ServedCase):
     """The e1000 row over a TAP in a namespace, with TCP both ways (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, attachment: str = PROXY) -> None:
         self._rx_sha256 = hashlib.sha256(source_bytes(RX_BYTES)).hexdigest()
-        super().__init__("e1000", "e1000 82540EM 8086:100e", "e1000", guest_script(self._rx_sha256),
-                         name="e1000-tap", append=POLLED_INTX_APPEND, required_checks=REQUIRED_CHECKS)
+        super().__init__("e1000", "e1000 82540EM 8086:100e (TAP)", "e1000", guest_script(self._rx_sha256),
+                         attachment=attachment, name="e1000-tap", required_checks=REQUIRED_CHECKS,
+                         irq=("eth0", "IO-APIC"))
         self.sink: TcpSink | None = None
         self.namespace: NetNamespace | None = None
         self.tap = ""
@@ -459,8 +459,7 @@ class E1000TapCase(MpqemuCase):
         log = self.server_log
 
         def server_alive() -> bool:
-            # The server writes nothing while healthy; an exit leaves its reason in the log.
-            return log is None or not log.exists() or log.stat().st_size == 0
+            return self._server is not None and self._server.poll() is None
 
         try:
             self.namespace.adopt(self.tap, f"{HOST_IP}/{PREFIX_LEN}", alive=server_alive)
@@ -474,10 +473,11 @@ class E1000TapCase(MpqemuCase):
 
     def host_checks(self, result: BootResult) -> dict[str, tuple[bool, str]]:
         """Each connection the sink saw carried exactly what the guest sent."""
+        server = super().host_checks(result)
         if self.sink is None:
-            return {"host.sink": (False, "the sink never started")}
+            return server | {"host.sink": (False, "the sink never started")}
         received = self.sink.wait_received(2, 5.0)
-        out: dict[str, tuple[bool, str]] = {}
+        out = dict(server)
         for index, check in enumerate(("e1000tap.tx_offload_on", "e1000tap.tx_offload_off")):
             guest = _detail_fields(result.checks.get(check, (False, ""))[1])
             name = "host." + check.split(".", 1)[1]
@@ -500,6 +500,6 @@ def _detail_fields(detail: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", detail))
 
 
-def cases() -> list[MpqemuCase]:
-    """The e1000-over-TAP row."""
-    return [E1000TapCase()]
+def cases() -> list[ServedCase]:
+    """The e1000-over-TAP rows, one per attachment."""
+    return [E1000TapCase(attachment) for attachment in ATTACHMENTS]

@@ -7,7 +7,7 @@ and a DMA copy inside RAM reserved on the command line (``memmap=1M$0x10000000``
 
 from __future__ import annotations
 
-from ._mpqemu import MpqemuCase
+from ._served import ATTACHMENTS, ServedCase
 
 __all__ = ["cases", "GUEST_SCRIPT", "REQUIRED_CHECKS"]
 
@@ -59,9 +59,10 @@ REQUIRED_CHECKS = frozenset({
 })
 
 
-def cases() -> list[MpqemuCase]:
+def cases() -> list[ServedCase]:
     """The test device's row."""
     return [
-        MpqemuCase("none (sysfs+devmem)", "testdev 1234:de70", "testdev", GUEST_SCRIPT, name="testdev-proxy",
-                   append=("memmap=1M$0x10000000",), required_checks=REQUIRED_CHECKS)
+        ServedCase("none (sysfs+devmem)", "testdev 1234:de70", "testdev", GUEST_SCRIPT, attachment=attachment,
+                   name="testdev", append=("memmap=1M$0x10000000",), required_checks=REQUIRED_CHECKS)
+        for attachment in ATTACHMENTS
     ]

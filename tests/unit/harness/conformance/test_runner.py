@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.conformance import Attachment, Row, format_matrix, load_cases
 from harness.conformance import _registry
-from harness.conformance.cases._mpqemu import MpqemuCase
+from harness.conformance.cases._served import ServedCase
 from harness.conformance.cli import main
 
 
@@ -33,7 +33,7 @@ def test_matrix_lists_failures_with_details() -> None:
 def test_registry_reports_broken_providers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(_registry, "PROVIDERS", ["harness.conformance.cases.testdev:cases", "no.such.module:cases"])
     cases, broken = load_cases()
-    assert [c.name for c in cases] == ["testdev-proxy"]
+    assert [c.name for c in cases] == ["testdev-proxy", "testdev-vfio-user"]
     assert broken and broken[0][0] == "no.such.module:cases"
 
 
@@ -48,7 +48,7 @@ def test_list_prints_cases(capsys) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_mpqemu_case_starts_and_ends_its_server(tmp_path: Path) -> None:
-    case = MpqemuCase("none", "testdev", "testdev", "true", name="t")
+    case = ServedCase("none", "testdev", "testdev", "true", name="t")
     with contextlib.ExitStack() as stack:
         attachment = case.start(stack, tmp_path)
         assert isinstance(attachment, Attachment)
