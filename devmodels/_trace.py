@@ -12,7 +12,8 @@ Rules:
    key=value ...``), so ``DEVMODELS_TRACE=virtio.*`` alone shows the device's refusal
    reasons. ``set_output`` (or ``DEVMODELS_TRACE_OUTPUT``) sends them elsewhere:
    ``"stderr"``, ``"logging"`` (the ``devmodels.trace`` logger at DEBUG level), a file
-   path (appended to), or ``"none"`` (only the added sinks).
+   path (appended to), or ``"none"`` (only the added sinks). Events switched on only by a
+   ``RecordingSink`` (a test listening) go to that sink, not to the output.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _log = logging.getLogger("devmodels.trace")
 _lock = threading.Lock()
 _points: dict[str, TracePoint] = {}
 _patterns: list[tuple[bool, str]] = []  # (on?, pattern), applied in order
+_listening: list[str] = []  # patterns of RecordingSinks: on for their sinks, not printed (rule 4)
 
 
 def _text(name: str, fields: dict[str, Any]) -> str:
@@ -104,16 +106,17 @@ def set_output(target: str) -> None:
 class TracePoint:
     """One named event. ``on`` is a plain attribute so the disabled check costs one load."""
 
-    __slots__ = ("name", "on")
+    __slots__ = ("name", "on", "printed")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.on = _matches(name)
+        self.printed = _matches(name)
+        self.on = self.printed or _listened(name)
 
     def emit(self, **fields: Any) -> None:
         """Send the event to the output and every sink (call only when ``on``)."""
         output = _output
-        if output is not None:
+        if output is not None and self.printed:
             output(self.name, fields)
         for sink in tuple(_sinks):
             sink(self.name, fields)
@@ -130,6 +133,10 @@ def _matches(name: str) -> bool:
     return on
 
 
+def _listened(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _listening)
+
+
 def tracepoint(name: str) -> TracePoint:
     """The trace point called ``name`` (created on first use, shared afterwards)."""
     with _lock:
@@ -141,7 +148,8 @@ def tracepoint(name: str) -> TracePoint:
 
 def _refresh() -> None:
     for point in _points.values():
-        point.on = _matches(point.name)
+        point.printed = _matches(point.name)
+        point.on = point.printed or _listened(point.name)
 
 
 def enable(pattern: str) -> None:
@@ -196,15 +204,17 @@ class RecordingSink:
         return [name for name, _ in self.events]
 
     def __enter__(self) -> RecordingSink:
-        enable(self.pattern)
-        add_sink(self)
+        with _lock:
+            _listening.append(self.pattern)
+            _sinks.append(self)
+            _refresh()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        remove_sink(self)
         with _lock:
-            if (True, self.pattern) in _patterns:
-                _patterns.remove((True, self.pattern))
+            if self in _sinks:
+                _sinks.remove(self)
+            _listening.remove(self.pattern)
             _refresh()
 
 

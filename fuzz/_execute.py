@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import signal
 import threading
+import time
 import tracemalloc
 import traceback
 from collections.abc import Callable
@@ -143,6 +144,7 @@ class Guard:
         self.use_alarm = threading.current_thread() is threading.main_thread() and op_seconds > 0
         self.tracing = check_memory and not tracemalloc.is_tracing()
         self._previous: Any = None
+        self._outer_deadline: float | None = None
         self._baseline = 0
 
     def __enter__(self) -> Guard:
@@ -152,6 +154,9 @@ class Guard:
                 raise _Timeout()
 
             self._previous = (signal.signal(signal.SIGALRM, _on_alarm), signal.signal(signal.SIGPROF, _on_alarm))
+            # An outer wall-clock timer (pytest-timeout's) resumes on exit with what it had left.
+            remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+            self._outer_deadline = time.monotonic() + remaining if remaining else None
         if self.tracing:
             tracemalloc.start()
         return self
@@ -161,6 +166,8 @@ class Guard:
             self._disarm()
             signal.signal(signal.SIGALRM, self._previous[0])
             signal.signal(signal.SIGPROF, self._previous[1])
+            if self._outer_deadline is not None:
+                signal.setitimer(signal.ITIMER_REAL, max(self._outer_deadline - time.monotonic(), 0.001))
         if self.tracing:
             tracemalloc.stop()
 

@@ -129,3 +129,12 @@ def test_environment_alone_makes_a_device_refusal_visible() -> None:
     env.pop("DEVMODELS_TRACE_OUTPUT", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=os.getcwd())
     assert "trace bus.unmapped" in out.stderr, out.stderr
+
+
+def test_a_recording_sink_listens_without_printing(capsys: pytest.CaptureFixture[str]) -> None:
+    point = trace.tracepoint("test_quiet.event")
+    with trace.RecordingSink("test_quiet.*") as rec:
+        point.emit(n=1)
+    assert rec.names() == ["test_quiet.event"]
+    assert capsys.readouterr().err == ""
+    assert not point.on

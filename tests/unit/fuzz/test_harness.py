@@ -282,3 +282,21 @@ def test_fd_held_oracle_counts_what_was_opened_since() -> None:
         for fd in opened:
             os.close(fd)
     check_fd_held(before, "none left", limit=0)
+
+
+def test_guard_gives_an_outer_wall_clock_timer_back() -> None:
+    import signal
+
+    from fuzz._execute import Guard
+
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    outer = signal.getitimer(signal.ITIMER_REAL)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 50.0)
+        with Guard(op_seconds=1.0) as guard:
+            guard.call(lambda: None, "a step")  # disarms the per-step timers
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 45.0 < remaining <= 50.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *outer)
+        signal.signal(signal.SIGALRM, previous)

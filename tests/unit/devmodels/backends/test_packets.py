@@ -27,6 +27,7 @@ from devmodels.backends.net._packets import (
     Ipv4,
     parse_ipv4_frame,
 )
+from tests.prerequisites import missing
 
 MAC_A = parse_mac("52:54:00:00:00:01")
 MAC_B = parse_mac("02:00:00:00:00:02")
@@ -151,7 +152,7 @@ def _raw_socket() -> socket.socket:
     try:
         return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError:
-        pytest.skip("raw sockets need CAP_NET_RAW")
+        missing("raw sockets need CAP_NET_RAW")
 
 
 def test_kernel_accepts_our_udp_checksums_and_rejects_bad_ones():

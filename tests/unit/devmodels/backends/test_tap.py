@@ -12,10 +12,9 @@ from devmodels import HostError, UsageError
 from devmodels.backends import NetOffloads
 from devmodels.backends.net import TapBackend
 from devmodels.backends.net import _tap
+from tests.prerequisites import prerequisite
 
-needs_tap = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists(_tap.TUN_PATH), reason="TAP needs root and /dev/net/tun"
-)
+needs_tap = prerequisite(None if os.geteuid() == 0 and os.path.exists(_tap.TUN_PATH) else "TAP needs root and /dev/net/tun")
 
 
 @pytest.mark.parametrize("name", ["x" * 16, "bad/name", "sp ace", "tap\u00e9", 5])
@@ -67,7 +66,7 @@ def test_vnet_header_tap():
 
 
 @needs_tap
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+@prerequisite(None if shutil.which("setpriv") else "setpriv (util-linux) not installed")
 def test_without_cap_net_admin_is_a_clear_host_error():
     code = (
         "from devmodels import HostError\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from tests.prerequisites import missing
 
 
 class FakeKernel(NamedTuple):
@@ -25,7 +26,7 @@ def fake_kernel(tmp_path: Path) -> FakeKernel:
     tests need; busybox (static) and depmod must be installed.
     """
     if shutil.which("busybox") is None or shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin:/bin") is None:
-        pytest.skip("needs busybox-static and kmod (apt-get install busybox-static kmod)")
+        missing("needs busybox-static and kmod (apt-get install busybox-static kmod)")
     release = "9.9.9-test"
     image = bytearray(0x800)
     image[0x202:0x206] = b"HdrS"

@@ -10,8 +10,9 @@ import pytest
 
 from devmodels import UsageError
 from harness.guest._cpio import TRAILER, CpioEntry, FileTree, NewcWriter, read_newc
+from tests.prerequisites import prerequisite
 
-needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed (apt-get install cpio)")
+needs_cpio = prerequisite(None if shutil.which("cpio") else "cpio not installed (apt-get install cpio)")
 
 
 def _sample_tree(tmp_path: Path) -> FileTree:

@@ -17,6 +17,7 @@ from harness.guest import ImageBuilder, build_image, read_newc
 from harness.guest._image import assemble_tree
 from harness.guest._init import MODULE_LIST
 from harness.guest._modules import ModuleClosure
+from tests.prerequisites import prerequisite
 
 # `fake_kernel` (conftest.py) is a (kernel, modules, release) triple with modules alpha and beta.
 
@@ -132,7 +133,7 @@ def test_add_tree_keeps_files_modes_and_links(tmp_path: Path) -> None:
     assert extras["/opt/x/data"].data == src / "data"
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
+@prerequisite(None if shutil.which("busybox") else "busybox not installed")
 def test_assemble_tree_lays_out_the_image(tmp_path: Path) -> None:
     mod = tmp_path / "kernel" / "m.ko"
     mod.parent.mkdir()

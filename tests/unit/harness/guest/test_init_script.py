@@ -3,13 +3,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import pytest
 
 from harness.guest import BUILTIN_TESTS, parse_checks
 from harness.guest._init import MODULE_LIST, TEST_SCRIPT, TESTS_DIR, render_helpers, render_init
+from tests.prerequisites import prerequisite
 
 BUSYBOX = shutil.which("busybox")
-needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed (apt-get install busybox-static)")
+needs_busybox = prerequisite(None if BUSYBOX else "busybox not installed (apt-get install busybox-static)")
 
 
 def _run_helpers(script: str) -> str:

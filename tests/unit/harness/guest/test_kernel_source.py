@@ -10,12 +10,13 @@ import pytest
 from devmodels import HostError, UsageError
 from harness.guest import _kernel
 from harness.guest._kernel import debian_kernel, user_kernel
+from tests.prerequisites import prerequisite
 
 PKG = "linux-image-9.9.9-1-amd64"
 PKG_VERSION = "9.9.9-3"
 RELEASE = "9.9.9-1-amd64"
 
-needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+needs_dpkg = prerequisite(None if shutil.which("dpkg-deb") else "dpkg-deb not installed")
 
 
 def _write_exe(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from devmodels import HostError, UsageError
 from harness.guest._binaries import is_elf, ldd_closure, parse_ldd
+from tests.prerequisites import prerequisite
 
 LDD_OUTPUT = """\
 \tlinux-vdso.so.1 (0x00007ffd5a1f2000)
@@ -33,14 +34,14 @@ def test_parse_ldd_missing_library_is_a_host_error() -> None:
         parse_ldd("\tlibgone.so.3 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n")
 
 
-@pytest.mark.skipif(shutil.which("ldd") is None, reason="ldd not installed (libc-bin)")
+@prerequisite(None if shutil.which("ldd") else "ldd not installed (libc-bin)")
 def test_closure_of_a_dynamic_program_has_libc_and_the_loader() -> None:
     libs = ldd_closure(Path(sys.executable))
     assert any("libc.so" in lib for lib in libs)
     assert any("ld-linux" in lib for lib in libs)
 
 
-@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
+@prerequisite(None if shutil.which("busybox") else "busybox not installed")
 def test_closure_of_static_busybox_is_empty() -> None:
     busybox = shutil.which("busybox")
     assert busybox is not None
