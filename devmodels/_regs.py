@@ -7,11 +7,17 @@ Rules:
 2. Dispatch is one dict lookup by offset, then the access check. There is no if/switch
    chain per register.
 3. Access kinds: RO (writes ignored), RW (only ``mask`` bits change), W1C (writing 1 clears),
-   RC (read clears), WO (reads 0), W1S (writing 1 sets). A hook may replace the default.
+   RC (read clears), RC_W1C (read clears, and writing 1 clears: interrupt cause registers
+   such as the e1000's ICR), WO (reads 0), W1S (writing 1 sets). A hook runs after the
+   access rule (``on_write`` gets the value the rule produced; ``on_read`` sees the stored
+   value before a read clears it); the table stays the truth about the access kind.
 4. An access that hits no register start, or a narrower/wider access than the register
    allows (unless ``partial``), goes to one ``_unimplemented`` path: reads return 0, writes
    are dropped, and it is logged once per offset (vm-superio ``_ => 0``).
-5. Registers that repeat (e1000 RAL/RAH x16, MTA x128) are declared with ``Reg.array``.
+5. Registers that repeat are rows named ``NAME[i]`` (the e1000's RAL[n]/RAH[n] x16,
+   MTA[n] x128); ``Reg.array`` makes such rows from one line.
+6. Hooks are attached by register name: ``check_hook_names`` at import time turns a name
+   that is not in the table into an error, so a misspelt key cannot drop a hook silently.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 from ._errors import UsageError
 from ._trace import tracepoint
 
-__all__ = ["Access", "Reg", "RegisterFile"]
+__all__ = ["Access", "Reg", "RegisterFile", "check_hook_names"]
 
 _log = logging.getLogger("devmodels.regs")
 
@@ -37,6 +43,7 @@ class Access(enum.Enum):
     W1C = "w1c"
     W1S = "w1s"
     RC = "rc"
+    RC_W1C = "rc_w1c"
     WO = "wo"
 
 
@@ -145,7 +152,7 @@ class RegisterFile:
             value = reg.on_read(stored)
         else:
             value = stored
-        if reg.access is Access.RC:
+        if reg.access is Access.RC or reg.access is Access.RC_W1C:
             self.values[reg.offset] = 0
         if self._tp_read.on:
             self._tp_read.emit(reg=reg.name, value=value)
@@ -166,7 +173,7 @@ class RegisterFile:
         access = reg.access
         if access is Access.RO or access is Access.RC:
             new = old
-        elif access is Access.W1C:
+        elif access is Access.W1C or access is Access.RC_W1C:
             new = old & ~(written & mask)
         elif access is Access.W1S:
             new = old | (written & mask)
@@ -199,3 +206,14 @@ class RegisterFile:
         if self._tp_unimpl.on:
             self._tp_unimpl.emit(op=op, offset=offset, size=size)
         return 0
+
+
+def check_hook_names(names: Iterable[str], hooks: Iterable[str], device: str) -> None:
+    """Every register name ``hooks`` attaches to is a row of the table (rule 6).
+
+    Raises:
+        UsageError: naming the hook keys that match no register.
+    """
+    unknown = sorted(set(hooks) - set(names))
+    if unknown:
+        raise UsageError(f"{device}: hooks for registers not in the table: {', '.join(unknown)}")

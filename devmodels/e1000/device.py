@@ -7,8 +7,10 @@ MSI capability (the real 82540EM has none).
 
 Rules:
 
-1. Register accesses go through one table (``regs.REGISTERS`` plus the hooks below) and
-   ``devmodels.RegisterFile``; unknown offsets read 0 and are logged once.
+1. Register accesses go through one table (``regs.REGISTERS``, the truth about every
+   register's access kind, plus the hooks of ``_HOOKS``, whose names are checked against the
+   table at import) and ``devmodels.RegisterFile``; unknown offsets read 0 and are logged
+   once.
 2. Inputs are method calls: BAR accesses, ``receive_frame`` / ``receive_pending`` (frames
    from the wire), ``tick(now_ns)`` (time), ``set_link``. Outputs go to injected objects:
    the ``NetBackend`` (``send``), the PCI INTx/MSI sinks, guest memory. The device never
@@ -37,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .._errors import UsageError
 from .._memory import GuestMemory
-from .._regs import Access, Reg, RegisterFile
+from .._regs import Reg, RegisterFile, check_hook_names
 from .._trace import tracepoint
 from ..backends import NetBackend
 from ..pci import BarKind, PciFunction
@@ -207,41 +209,18 @@ class E1000(PciFunction):
     # -- the register table --------------------------------------------------------------
 
     def _table(self) -> list[Reg]:
-        hooks: dict[str, dict[str, object]] = {
-            "CTRL": {"on_write": self._write_ctrl},
-            "STATUS": {"on_read": self._read_status},
-            "EECD": {"on_write": self._write_eecd, "on_read": self._read_eecd},
-            "EERD": {"on_write": self._write_eerd},
-            "MDIC": {"on_write": self._write_mdic},
-            "ICR": {"on_read": self._read_icr, "on_write": self._write_icr},
-            "ICS": {"on_write": self._write_ics},
-            "IMS": {"on_write": self._write_ims},
-            "IMC": {"on_write": self._write_imc},
-            "RCTL": {"on_write": self._write_rctl},
-            "TCTL": {"on_write": self._write_tctl},
-            "TDT": {"on_write": self._write_tdt},
-            "RDT": {"on_write": self._write_rdt},
-            "RDTR": {"on_write": self._write_rdtr},
-            "PBA": {"on_read": _read_pba},
+        """The rows of ``regs.REGISTERS`` (the truth about every access kind) with this
+        device's hooks bound (``_HOOKS``, checked against the table at import: rule 1)."""
+        hooks: dict[str, dict[str, Callable[..., int]]] = {
+            name: {kind: function.__get__(self) for kind, function in kinds.items()} for name, kinds in _HOOKS.items()
         }
         for name in r.STATS_64:
             hooks[name + "H"] = {"on_read": self._stats_high_reader(name)}
-        access_override = {"ICR": Access.W1C, "IMS": Access.W1S}
-        table = []
-        for spec in r.REGISTERS:
-            table.append(
-                Reg(
-                    spec.name,
-                    spec.offset,
-                    4,
-                    access_override.get(spec.name, spec.access),
-                    spec.mask,
-                    spec.reset,
-                    partial=True,
-                    **hooks.get(spec.name, {}),  # type: ignore[arg-type]
-                )
-            )
-        return table
+        return [
+            Reg(spec.name, spec.offset, 4, spec.access, spec.mask, spec.reset, partial=True,
+                **hooks.get(spec.name, {}))
+            for spec in r.REGISTERS
+        ]
 
     def _stats_high_reader(self, name: str):  # type: ignore[no-untyped-def]
         low = name + "L"
@@ -371,6 +350,12 @@ class E1000(PciFunction):
             self._pull_due = False
             self._pull()
         return True
+
+    def _read_pba(self, stored: int) -> int:
+        """PBA (SDM §13.4.25): RXA is programmed in KB; TXA (bits 31:16) is what remains of
+        the 64 KB packet buffer."""
+        rxa = min(stored & 0x3F, 64)
+        return (64 - rxa) << 16 | (stored & 0xFFFF)
 
     def _write_rdtr(self, old: int, new: int) -> int:
         if new & r.RDTR_FPD:
@@ -566,11 +551,26 @@ class E1000(PciFunction):
             self.set_intx(state.irq_asserted)
 
 
-def _read_pba(stored: int) -> int:
-    """PBA (SDM §13.4.25): RXA is programmed in KB; TXA (bits 31:16) is what remains of the
-    64 KB packet buffer."""
-    rxa = min(stored & 0x3F, 64)
-    return (64 - rxa) << 16 | (stored & 0xFFFF)
+# Register name -> hook kind -> E1000 method (rule 1). Checked against the table here, at
+# import: a name that is not a register of ``regs.REGISTERS`` cannot drop its hook silently.
+_HOOKS: dict[str, dict[str, Callable[..., int]]] = {
+    "CTRL": {"on_write": E1000._write_ctrl},
+    "STATUS": {"on_read": E1000._read_status},
+    "EECD": {"on_write": E1000._write_eecd, "on_read": E1000._read_eecd},
+    "EERD": {"on_write": E1000._write_eerd},
+    "MDIC": {"on_write": E1000._write_mdic},
+    "ICR": {"on_read": E1000._read_icr, "on_write": E1000._write_icr},
+    "ICS": {"on_write": E1000._write_ics},
+    "IMS": {"on_write": E1000._write_ims},
+    "IMC": {"on_write": E1000._write_imc},
+    "RCTL": {"on_write": E1000._write_rctl},
+    "TCTL": {"on_write": E1000._write_tctl},
+    "TDT": {"on_write": E1000._write_tdt},
+    "RDT": {"on_write": E1000._write_rdt},
+    "RDTR": {"on_write": E1000._write_rdtr},
+    "PBA": {"on_read": E1000._read_pba},
+}
+check_hook_names((spec.name for spec in r.REGISTERS), _HOOKS, "e1000")
 
 
 def _context_tuple(ctx: TsoContext) -> tuple[int, ...]:

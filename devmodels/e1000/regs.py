@@ -305,10 +305,10 @@ REGISTERS: tuple[RegSpec, ...] = (
     _rw("FCAH", FCAH, 0xFFFF),
     _rw("FCT", FCT, 0xFFFF),
     _rw("VET", VET, 0xFFFF, 0x8100),
-    RegSpec("ICR", ICR, Access.RC, ICR_MASK, 0),
+    RegSpec("ICR", ICR, Access.RC_W1C, ICR_MASK, 0),  # SDM §13.4.17: read clears, writing 1 clears
     _rw("ITR", ITR, 0xFFFF),
     RegSpec("ICS", ICS, Access.WO, ICR_MASK, 0),
-    _rw("IMS", IMS, ICR_MASK),
+    RegSpec("IMS", IMS, Access.W1S, ICR_MASK, 0),  # SDM §13.4.20: writing 1 sets; IMC clears
     RegSpec("IMC", IMC, Access.WO, ICR_MASK, 0),
     _rw("RCTL", RCTL, RCTL_MASK),
     _rw("FCTTV", FCTTV, 0xFFFF),

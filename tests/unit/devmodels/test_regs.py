@@ -160,3 +160,20 @@ def test_read_write_trace_events() -> None:
         rf.write(0, 4, 9)
         rf.read(0, 4)
     assert rec.events == [("dev.reg_write", {"reg": "R", "value": 9}), ("dev.reg_read", {"reg": "R", "value": 9})]
+
+
+def test_rc_w1c_reads_clear_and_writing_one_clears() -> None:
+    regs = RegisterFile([Reg("CAUSE", 0x0, 4, RegAccess.RC_W1C, 0xFF)], "dev")
+    regs["CAUSE"] = 0b1011
+    regs.write(0, 4, 0b0001)
+    assert regs["CAUSE"] == 0b1010
+    assert regs.read(0, 4) == 0b1010
+    assert regs["CAUSE"] == 0
+
+
+def test_hooks_for_names_not_in_the_table_are_refused() -> None:
+    from devmodels._regs import check_hook_names
+
+    check_hook_names(["CTRL", "ICR"], {"ICR": None}, "dev")
+    with pytest.raises(UsageError, match="dev: hooks for registers not in the table: IRC"):
+        check_hook_names(["CTRL", "ICR"], {"IRC": None, "ICR": None}, "dev")

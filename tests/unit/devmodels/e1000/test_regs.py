@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from devmodels import trace
+from devmodels import RegAccess, trace
 from devmodels.e1000 import regs as r
 
 from .conftest import Rig
@@ -127,3 +127,17 @@ def test_pba_reports_transmit_allocation(rig: Rig) -> None:
     assert rig.device.bar_read(0, r.PBA, 4) == 16 << 16 | 48  # 48 KB receive, 16 KB transmit
     rig.device.bar_write(0, r.PBA, 4, 40)
     assert rig.device.bar_read(0, r.PBA, 4) == 24 << 16 | 40
+
+
+def test_the_register_table_is_the_truth_about_access_kinds() -> None:
+    # ICR and IMS are declared as what they are (SDM §13.4.17, §13.4.20); the device uses
+    # the table's kinds as they stand, with no override.
+    from devmodels import GuestMemory
+    from devmodels.e1000 import E1000
+
+    specs = {spec.name: spec for spec in r.REGISTERS}
+    assert specs["ICR"].access is RegAccess.RC_W1C
+    assert specs["IMS"].access is RegAccess.W1S
+    device = E1000(GuestMemory())
+    for reg in device.registers.registers:
+        assert reg.access is specs[reg.name].access, reg.name
