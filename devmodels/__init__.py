@@ -14,7 +14,7 @@ The core a VMM author imports:
 
 from . import _trace as trace
 from ._accel import NO_EXTENSIONS, extensions_loaded, implementations
-from ._bus import MMIO_LIMIT, PIO_LIMIT, Bus, BusDevice, Mapping
+from ._bus import MMIO_LIMIT, PIO_LIMIT, Bus, BusDevice, BusMapping
 from ._errors import (
     AddressOverflowError,
     DenialOfService,
@@ -57,7 +57,7 @@ __all__ = [
     "PIO_LIMIT",
     "Bus",
     "BusDevice",
-    "Mapping",
+    "BusMapping",
     "AddressOverflowError",
     "DenialOfService",
     "DevmodelsError",

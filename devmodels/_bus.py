@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 from ._errors import UsageError
 from ._trace import tracepoint
 
-__all__ = ["BusDevice", "Bus", "Mapping", "MMIO_LIMIT", "PIO_LIMIT"]
+__all__ = ["BusDevice", "Bus", "BusMapping", "MMIO_LIMIT", "PIO_LIMIT"]
 
 MMIO_LIMIT = 1 << 64
 PIO_LIMIT = 1 << 16
@@ -52,7 +52,7 @@ class BusDevice(Protocol):
 
 
 @dataclass(eq=False)
-class Mapping:
+class BusMapping:
     """One registered range of a bus."""
 
     base: int
@@ -78,12 +78,12 @@ class Bus:
     def __init__(self, name: str = "mmio", limit: int = MMIO_LIMIT) -> None:
         self.name = name
         self.limit = limit
-        self._maps: list[Mapping] = []
+        self._maps: list[BusMapping] = []
         self._bases: list[int] = []
 
     # -- registration ---------------------------------------------------------------------
 
-    def register(self, base: int, length: int, device: BusDevice, name: str = "") -> Mapping:
+    def register(self, base: int, length: int, device: BusDevice, name: str = "") -> BusMapping:
         """Map ``device`` at ``[base, base+length)``.
 
         Raises:
@@ -104,12 +104,12 @@ class Bus:
                         f"{self.name}: {name or device!r} at [{base:#x}, +{length:#x}) "
                         f"overlaps {other.name} at [{other.base:#x}, +{other.length:#x})"
                     )
-        mapping = Mapping(base, length, device, name or type(device).__name__)
+        mapping = BusMapping(base, length, device, name or type(device).__name__)
         self._maps.insert(i, mapping)
         self._bases.insert(i, base)
         return mapping
 
-    def unregister(self, mapping: Mapping) -> None:
+    def unregister(self, mapping: BusMapping) -> None:
         """Remove a mapping returned by ``register``.
 
         Raises:
@@ -123,11 +123,11 @@ class Bus:
         del self._bases[i]
 
     @property
-    def mappings(self) -> tuple[Mapping, ...]:
+    def mappings(self) -> tuple[BusMapping, ...]:
         """The mappings in address order."""
         return tuple(self._maps)
 
-    def find(self, addr: int) -> Mapping | None:
+    def find(self, addr: int) -> BusMapping | None:
         """The mapping containing ``addr``, or ``None``."""
         i = bisect.bisect_right(self._bases, addr) - 1
         if i >= 0:
@@ -204,7 +204,7 @@ class Bus:
         if addr < 0 or addr + size > self.limit:
             raise UsageError(f"{self.name}: access [{addr:#x}, +{size}) leaves the address space")
 
-    def _split(self, addr: int, size: int) -> list[tuple[int, int, Mapping | None]]:
+    def _split(self, addr: int, size: int) -> list[tuple[int, int, BusMapping | None]]:
         pieces = []
         pos, end = addr, addr + size
         while pos < end:
@@ -224,7 +224,7 @@ class Bus:
             _tp_unmapped.emit(bus=self.name, op="read", addr=addr, size=size)
         return (1 << (8 * size)) - 1
 
-    def _read_one(self, mapping: Mapping, addr: int, size: int) -> int:
+    def _read_one(self, mapping: BusMapping, addr: int, size: int) -> int:
         if mapping.active:
             if _tp_reentrant.on:
                 _tp_reentrant.emit(bus=self.name, op="read", device=mapping.name, addr=addr)
@@ -238,7 +238,7 @@ class Bus:
             _tp_access.emit(bus=self.name, op="read", device=mapping.name, addr=addr, size=size, value=value)
         return value & ((1 << (8 * size)) - 1)
 
-    def _write_one(self, mapping: Mapping, addr: int, size: int, value: int) -> None:
+    def _write_one(self, mapping: BusMapping, addr: int, size: int, value: int) -> None:
         if mapping.active:
             if _tp_reentrant.on:
                 _tp_reentrant.emit(bus=self.name, op="write", device=mapping.name, addr=addr)

@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +55,8 @@ _ACCEPT_D2H = build_d2h(d.ATA_DRDY, 0, interrupt=False)
 _MASK64 = (1 << 64) - 1
 
 
-class LinkState:
-    """PxSSTS.DET as a small state machine (values are stored in snapshots)."""
+class LinkState(enum.IntEnum):
+    """PxSSTS.DET as a small state machine (snapshots store the integer values)."""
 
     DOWN = 0  # no device, or not spun up (staggered spin-up), or offline
     RESET = 1  # COMRESET asserted (PxSCTL.DET = 1)
@@ -218,7 +219,7 @@ class AhciPort:
         """Backend requests are still in flight."""
         return bool(self._records)
 
-    def _set_link(self, link: int, det: int | None = None) -> None:
+    def _set_link(self, link: LinkState, det: int | None = None) -> None:
         self.link = link
         if link == LinkState.UP:
             sctl_spd = (self.regs["PxSCTL"] >> r.SCTL_SPD_SHIFT) & 0xF

@@ -120,7 +120,7 @@ def capture_state(hba: AhciController) -> AhciState:
     for port in hba.ports:
         ata, atapi = _drive_states(port)
         ports.append(
-            PortState(tuple(sorted(port.regs.values.items())), port.halted, port.next_slot, port.srst, port.link, ata, atapi)
+            PortState(tuple(sorted(port.regs.values.items())), port.halted, port.next_slot, port.srst, int(port.link), ata, atapi)
         )
     return AhciState(STATE_VERSION, hba.pci_state(), tuple(sorted(hba.registers.values.items())), tuple(ports))
 
@@ -266,7 +266,7 @@ def apply_state(hba: AhciController, state: AhciState) -> None:
     hba.resetting = False
     for port, s in zip(hba.ports, state.ports, strict=True):
         port.regs.values = dict(s.registers)
-        port.halted, port.next_slot, port.srst, port.link = s.halted, s.next_slot, s.srst, s.link
+        port.halted, port.next_slot, port.srst, port.link = s.halted, s.next_slot, s.srst, LinkState(s.link)
         drive = port.drive
         if isinstance(drive, AtaDisk) and s.ata is not None:
             a = s.ata

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._function import Bar, PciFunction
-from .._bus import Bus, Mapping
+from .._bus import Bus, BusMapping
 from .._errors import UsageError
 from .._irq import LevelSink, MsiSink, NullLevelSink, NullMsiSink
 from .._trace import tracepoint
@@ -88,7 +88,7 @@ class PciHost:
         self.intx_router: IntxRouter = intx_router or (lambda slot, pin: NullLevelSink())
         self.msi_sink: MsiSink = msi_sink or NullMsiSink()
         self.functions: dict[int, PciFunction] = {}
-        self._maps: dict[int, dict[int, Mapping]] = {}
+        self._maps: dict[int, dict[int, BusMapping]] = {}
         self.plug(HostBridge(), devfn(0))
 
     # -- hot plug -------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class PciHost:
 
     # -- BAR mapping ----------------------------------------------------------------------
 
-    def _bus_for(self, mapping: Mapping) -> Bus:
+    def _bus_for(self, mapping: BusMapping) -> Bus:
         window = mapping.device
         assert isinstance(window, _BarWindow)
         bar = window.function.bars[window.index]
@@ -193,7 +193,7 @@ class PciHost:
         for function in tuple(self.functions.values()):
             self._sync(function)
 
-    def _map_bar(self, function: PciFunction, bar: Bar, bus: Bus, base: int, current: dict[int, Mapping]) -> None:
+    def _map_bar(self, function: PciFunction, bar: Bar, bus: Bus, base: int, current: dict[int, BusMapping]) -> None:
         if base + bar.size > bus.limit:
             if _tp_conflict.on:
                 _tp_conflict.emit(function=function.name, bar=bar.index, base=base, reason="outside bus")
