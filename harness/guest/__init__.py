@@ -6,7 +6,9 @@ busybox initramfs whose ``/init`` loads the driver modules (e1000, AHCI, virtio,
 ``DEVMODELS-CHECK <name> <PASS|FAIL> [detail]`` lines and a final ``DEVMODELS-DONE``
 (``parse_checks`` reads them). Images are cached by content under ``default_cache_dir()``;
 the cache keeps the 16 most recently used images (older ones go once unused for an hour;
-``ImageBuilder(keep_images=...)``).
+``ImageBuilder(keep_images=...)``). ``build_module`` builds an out-of-tree kernel module of
+ours (``kmod/``) against the guest kernel's Debian headers, cached by content, for a case to
+add to its image.
 """
 
 from ._binaries import ldd_closure
@@ -20,12 +22,14 @@ from ._image import (
     default_cache_dir,
 )
 from ._init import BUILTIN_TESTS
+from ._kmod import TESTDEV_MODULE_SOURCE, BuiltModule, build_module
 from ._modules import ModuleClosure, ModuleIndex
 from ._progress import Progress
 from ._protocol import CHECK_MARKER, DONE_MARKER, TEST_PARAM, CheckResult, parse_check_line, parse_checks
 
 __all__ = [
     "BUILTIN_TESTS",
+    "BuiltModule",
     "CHECK_MARKER",
     "DEFAULT_MODULES",
     "DEFAULT_OPTIONAL_MODULES",
@@ -39,7 +43,9 @@ __all__ = [
     "ModuleIndex",
     "NewcWriter",
     "Progress",
+    "TESTDEV_MODULE_SOURCE",
     "build_image",
+    "build_module",
     "default_cache_dir",
     "ldd_closure",
     "parse_check_line",
