@@ -7,8 +7,9 @@ MSI capability and INTA#.
 Behaviour:
 
 - ``IRQ_RAISE`` ORs bits into ``IRQ_STATUS``; ``IRQ_ACK`` clears them. While status is
-  non-zero the device interrupts: MSI-X vector 0 (or MSI, once per raise) or INTx held
-  asserted until acknowledged.
+  non-zero the device interrupts: with MSI-X, vector 0 for ``IRQ_RAISE`` and vector 1 for
+  the DMA engine's completions; else MSI (once per new cause) or INTx held asserted until
+  acknowledged.
 - Writing ``DMA_CMD_START`` copies ``DMA_LEN`` bytes (at most ``DMA_MAX_LEN``) from
   ``DMA_SRC`` to ``DMA_DST`` in guest RAM, then sets ``DMA_STATUS`` and raises
   ``IRQ_DMA_DONE``. A bad address, an oversized length or Bus Master disabled ends in
@@ -28,6 +29,8 @@ from .._trace import tracepoint
 from ..pci import BarKind, PciFunction, PciFunctionState
 
 __all__ = ["PciTestDevice", "PciTestDeviceState"]
+
+_DMA_VECTOR = 1  # the DMA engine's MSI-X vector
 
 _tp_dma = tracepoint("testdev.dma")
 
@@ -101,11 +104,12 @@ class PciTestDevice(PciFunction):
         self._set_status(self.registers["IRQ_STATUS"] & ~written)
         return 0
 
-    def _set_status(self, status: int) -> None:
+    def _set_status(self, status: int, vector: int = 0) -> None:
+        """New causes in ``status`` signal MSI-X ``vector`` (MSI and INTx have one)."""
         before = self.registers["IRQ_STATUS"]
         self.registers["IRQ_STATUS"] = status
         if status & ~before:
-            if self.signal(0):
+            if self.signal(vector if self.msix_enabled else 0):
                 return
         self.set_intx(bool(status) and not (self.msix_enabled or self.msi_enabled))
 
@@ -126,12 +130,12 @@ class PciTestDevice(PciFunction):
             if _tp_dma.on:
                 _tp_dma.emit(src=src, dst=dst, length=length, error=str(exc))
             self.registers["DMA_STATUS"] = r.DMA_STATUS_ERROR
-            self._set_status(self.registers["IRQ_STATUS"] | r.IRQ_DMA_ERROR)
+            self._set_status(self.registers["IRQ_STATUS"] | r.IRQ_DMA_ERROR, _DMA_VECTOR)
             return
         if _tp_dma.on:
             _tp_dma.emit(src=src, dst=dst, length=length)
         self.registers["DMA_STATUS"] = r.DMA_STATUS_DONE
-        self._set_status(self.registers["IRQ_STATUS"] | r.IRQ_DMA_DONE)
+        self._set_status(self.registers["IRQ_STATUS"] | r.IRQ_DMA_DONE, _DMA_VECTOR)
 
     # -- reset and snapshot ---------------------------------------------------------------
 

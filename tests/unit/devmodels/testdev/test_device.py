@@ -272,3 +272,17 @@ def test_regression_restore_wrong_shapes_raise_snapshot_error(dev: PciTestDevice
     ):
         with pytest.raises(SnapshotError):
             dev.restore(bad)  # type: ignore[arg-type]
+
+
+def test_dma_completions_use_msix_vector_1(dev: PciTestDevice, memory: GuestMemory) -> None:
+    assert dev.msix is not None
+    dev.config_write(defs.PCI_COMMAND, 2, defs.PCI_COMMAND_MEMORY | defs.PCI_COMMAND_MASTER)
+    for vector, data in ((0, 0x31), (1, 0x32)):
+        dev.bar_write(2, 16 * vector, 4, 0xFEE0_0000)
+        dev.bar_write(2, 16 * vector + 8, 4, data)
+        dev.bar_write(2, 16 * vector + 12, 4, 0)
+    dev.config_write(dev.msix.offset + 2, 2, defs.PCI_MSIX_FLAGS_ENABLE)
+    memory.write(0x1000, b"x" * 16)
+    _dma(dev, 0x1000, 0x2000, 16)
+    _wr(dev, r.IRQ_RAISE, 0b100)
+    assert [data for _, data in _msgs(dev)] == [0x32, 0x31]
