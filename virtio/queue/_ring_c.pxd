@@ -137,6 +137,7 @@ cdef class Ring:
     cdef unsigned long long _tbase
     cdef unsigned long long _tend
     cdef public object broken
+    cdef public unsigned int signalled
     cdef unsigned int _nread
     cdef unsigned int _nwrite
     cdef unsigned long long _rlen
@@ -147,6 +148,23 @@ cdef class Ring:
     cpdef list pop(self, object memory, Py_ssize_t budget)
     cpdef object push(self, object memory, object used)
     cpdef object set_notification(self, object memory, bint enable)
+    cpdef int mark_signalled(self) except -1
+    cpdef object notification_owed(self, object memory)
+
+    @cython.locals(
+        dbuf=object, doff=Py_ssize_t, dview="const unsigned char[::1]", ring="const unsigned char *",
+        abuf=object, aoff=Py_ssize_t, aview="const unsigned char[::1]", avail="const unsigned char *",
+    )
+    cpdef object has_available(self, object memory)
+
+    @cython.locals(n=Py_ssize_t, i=Py_ssize_t, chain=Chain, first=Chain, item=object)
+    cpdef object rewind(self, list chains)
+
+    @cython.locals(
+        size="unsigned int", total="unsigned int", pos="unsigned int", i=Py_ssize_t, chain=Chain,
+        iview="unsigned short[::1]", inflight="unsigned short *",
+    )
+    cdef object _rewind_packed(self, list chains, Py_ssize_t n)
 
     @cython.locals(size="unsigned int")
     cdef int _check_split(self) except -1
@@ -159,7 +177,7 @@ cdef class Ring:
         desc="const unsigned char *", avail="const unsigned char *", used="unsigned char *",
         avail_idx="unsigned int", outstanding="unsigned int", inflight="unsigned int",
         sview="unsigned char[::1]", scratch="unsigned char *",
-        count=Py_ssize_t, _k=Py_ssize_t, slot="unsigned int", head="unsigned int",
+        count=Py_ssize_t, _k=Py_ssize_t, slot="unsigned int", head="unsigned int", popped=Py_ssize_t,
     )
     cdef int _pop_split(self, object memory, Py_ssize_t budget, list out) except -1
 
@@ -178,8 +196,15 @@ cdef class Ring:
         avail="const unsigned char *", ring="unsigned char *", staged="unsigned char *",
         n=Py_ssize_t, i=Py_ssize_t, last=Py_ssize_t, slot="unsigned int", old="unsigned int",
         used_event="unsigned int", buffer_id="unsigned int", written="unsigned int", complete="unsigned int",
+        notify=bint,
     )
     cdef object _push_split(self, object memory, list used)
+
+    @cython.locals(
+        size="unsigned int", since="unsigned int", abuf=object, aoff=Py_ssize_t,
+        aview="const unsigned char[::1]", avail="const unsigned char *", used_event="unsigned int", owed=bint,
+    )
+    cdef object _owed_split(self, object memory)
 
     @cython.locals(
         size="unsigned int", abuf=object, ubuf=object, aoff=Py_ssize_t, uoff=Py_ssize_t,
@@ -214,9 +239,24 @@ cdef class Ring:
         driver="const unsigned char *", inflight="unsigned short *", staged="unsigned char *",
         n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, last=Py_ssize_t, skip="unsigned int", off=Py_ssize_t,
         buffer_id="unsigned int", written="unsigned int", complete="unsigned int", flags="unsigned int", old=long, new=long, event=long, span=long,
-        event_flags="unsigned int", off_wrap="unsigned int",
+        event_flags="unsigned int", off_wrap="unsigned int", notify=bint,
     )
     cdef object _push_packed(self, object memory, list used)
+
+    @cython.locals(event_flags="unsigned int", off_wrap="unsigned int", new=long, event=long, span=long)
+    cdef bint _packed_wants(self, const unsigned char *driver, unsigned int size, long old) noexcept
+
+    @cython.locals(position="unsigned int")
+    cdef long _signalled_lap(self, unsigned int size) noexcept
+
+    @cython.locals(span=long, lap=long)
+    cdef int _clamp_signalled(self, unsigned int size, long new) noexcept
+
+    @cython.locals(
+        size="unsigned int", vbuf=object, voff=Py_ssize_t, vview="const unsigned char[::1]",
+        driver="const unsigned char *", new=long, old=long, owed=bint,
+    )
+    cdef object _owed_packed(self, object memory)
 
     @cython.locals(
         size="unsigned int", dbuf=object, ebuf=object, doff=Py_ssize_t, eoff=Py_ssize_t,

@@ -26,6 +26,18 @@ Rules:
    ``_copy``, ``_fence``) exist twice: interpreted below under ``if not cython.compiled``,
    compiled as the ``cdef inline`` functions of ``_ring_c.pxd``. Everything else is one
    code path for both.
+7. No lost wakeup on the available side (§2.7.10, §2.8.14): a pop that publishes
+   ``avail_event`` (or the device event structure) fences and looks at the ring once more
+   before it returns fewer chains than asked; buffers the driver made available while it
+   could not yet see the new event are popped in the same call (the driver, comparing
+   against the old event, did not notify). A pop that returns fewer chains than its budget
+   has left the ring empty *after* its last publication.
+8. No lost wakeup on the used side: ``signalled`` is the used position of the last
+   notification the ring asked for. ``notification_owed`` reads the driver's suppression
+   again later and asks for a notification the driver wants for a used entry published
+   since then: a driver whose store of ``used_event`` passed its load of the used index
+   (a guest that drops memory barriers) still gets its interrupt. ``signalled`` stays
+   within one queue size of the used position, the most the driver can lag behind.
 """
 
 from __future__ import annotations
@@ -237,6 +249,7 @@ class Ring:
         self.in_order_next = 0
         self.set_inflight(0, ())
         self.broken = None
+        self.signalled = 0x8000 if self.packed else 0  # rule 8: position 0 (packed: wrap counter 1)
         # A process-wide counter: a chain's generation names its ring and that ring's
         # epoch at once, so chains need no reference to the ring.
         global _GENERATION
@@ -254,6 +267,14 @@ class Ring:
             self.inflight[buffer_id] = count
             self.inflight_descs += count
             self.inflight_ids += 1
+        return 0
+
+    def mark_signalled(self):
+        """Count the used entries published so far as notified (``restore``, a new front-end)."""
+        if self.packed:
+            self.signalled = self.next_used | (self.used_wrap << 15)
+        else:
+            self.signalled = self.next_used
         return 0
 
     # -- entry points (rule 4) ---------------------------------------------------------------
@@ -306,6 +327,105 @@ class Ring:
             self.broken = _detach(exc)
         return False
 
+    def notification_owed(self, memory):
+        """Whether the driver now asks for a used buffer notification that the pushes since
+        the last one did not send (rule 8); ``True`` counts it as sent: send it."""
+        if self.broken is not None or not self.ready:
+            return False
+        try:
+            if self.packed:
+                return self._owed_packed(memory)
+            return self._owed_split(memory)
+        except GuestError as exc:
+            self.broken = _detach(exc)
+        return False
+
+    def has_available(self, memory):
+        """Whether the driver made buffers available past the next one to pop (reads only)."""
+        if self.broken is not None or not self.ready:
+            return False
+        try:
+            if self.packed:
+                self._check_packed()
+                dbuf, doff = _map_area(memory, self.desc_addr, 16 * self.size, False, "descriptor ring", True)
+                dview = dbuf
+                ring = _rptr(dview, doff)
+                _fence()
+                return _avail(_ld16(ring, 16 * self.next_avail + 14), self.avail_wrap)
+            self._check_split()
+            abuf, aoff = _map_area(memory, self.driver_addr, 6 + 2 * self.size, False, "available ring", False)
+            aview = abuf
+            avail = _rptr(aview, aoff)
+            _fence()
+            return _ld16(avail, 2) != self.next_avail
+        except GuestError as exc:
+            self.broken = _detach(exc)
+        return False
+
+    def rewind(self, chains):
+        """Give back ``chains``, the last ones popped and not used, in pop order: the ring
+        reads them again as if never popped (QEMU ``virtqueue_rewind``).
+
+        Returns ``False`` (and changes nothing) on a broken ring.
+
+        Raises:
+            UsageError: an item is not a chain of this ring's epoch, or the chains are not
+                the last ones popped, in order, all still in flight.
+        """
+        n = len(chains)
+        for item in chains:
+            if not isinstance(item, Chain):
+                raise UsageError(f"rewind takes chains, got {type(item).__name__}")
+        if self.broken is not None:
+            return False
+        if n == 0:
+            return True
+        first = chains[0]
+        for i in range(n):
+            chain = chains[i]
+            if chain._generation != self.generation:
+                raise UsageError(f"chain {chain.head} was popped from another queue or before a reset/restore")
+        if self.packed:
+            return self._rewind_packed(chains, n)
+        if n > _wrap16(self.next_avail - self.next_used):
+            raise UsageError(f"rewinding {n} chains but fewer are in flight")
+        for i in range(n):
+            chain = chains[i]
+            if chain._pos != _wrap16(self.next_avail - n + i):
+                raise UsageError(f"chain {chain.head} is not among the last {n} popped, in order")
+        self.next_avail = _wrap16(self.next_avail - n)
+        if self.in_order:
+            self.in_order_next = first.head
+        return True
+
+    def _rewind_packed(self, chains, n):
+        size = self.size
+        total = 0
+        chain = chains[0]
+        pos = chain._pos
+        iview = self.inflight
+        inflight = _hptr(iview)
+        for i in range(n):
+            chain = chains[i]
+            if chain._pos != pos or chain.head >= len(self.inflight) or inflight[chain.head] != chain.n_desc:
+                raise UsageError(f"buffer {chain.head} is not among the last {n} popped, in order, in flight")
+            total += chain.n_desc
+            pos += chain.n_desc
+            if pos >= size:
+                pos -= size
+        if pos != self.next_avail or total > self.inflight_descs:
+            raise UsageError(f"the {n} chains do not end at the next position to pop")
+        for i in range(n):
+            chain = chains[i]
+            inflight[chain.head] = 0
+        self.inflight_descs -= total
+        self.inflight_ids -= n
+        chain = chains[0]
+        if chain._pos > self.next_avail or total == size:
+            self.avail_wrap = not self.avail_wrap  # went back over position 0
+        self.next_avail = chain._pos
+        return True
+
     # -- split ring (§2.7) -------------------------------------------------------------------
 
     def _check_split(self):
@@ -344,26 +464,34 @@ class Ring:
         used = _wptr(uview, uoff)
         sview = self._scratch
         scratch = _wptr(sview, 0)
-        avail_idx = _ld16(avail, 2)
-        _fence()  # read idx before the entries it publishes
-        # §2.7.6.1: idx never decreases, and no more than Queue Size chains can be
-        # outstanding (each holds a descriptor); virtio-queue ``InvalidAvailRingIndex``.
-        outstanding = _wrap16(avail_idx - self.next_used)
-        inflight = _wrap16(self.next_avail - self.next_used)
-        if outstanding > size or outstanding < inflight:
-            raise err.AvailIndexError(avail_idx, self.next_avail, self.next_used, size)
-        count = outstanding - inflight
-        if count > budget:
-            count = budget
-        for _k in range(count):
-            slot = self.next_avail & (size - 1)
-            head = _ld16(avail, 4 + 2 * slot)
-            out.append(self._walk_split(memory, scratch, desc, head, self.driver_addr + 4 + 2 * slot))
-            self.next_avail = _wrap16(self.next_avail + 1)
-        if self.event_idx and self.notify:
+        popped = 0
+        while True:
+            avail_idx = _ld16(avail, 2)
+            _fence()  # read idx before the entries it publishes
+            # §2.7.6.1: idx never decreases, and no more than Queue Size chains can be
+            # outstanding (each holds a descriptor); virtio-queue ``InvalidAvailRingIndex``.
+            outstanding = _wrap16(avail_idx - self.next_used)
+            inflight = _wrap16(self.next_avail - self.next_used)
+            if outstanding > size or outstanding < inflight:
+                raise err.AvailIndexError(avail_idx, self.next_avail, self.next_used, size)
+            count = outstanding - inflight
+            if count > budget - popped:
+                count = budget - popped
+            for _k in range(count):
+                slot = self.next_avail & (size - 1)
+                head = _ld16(avail, 4 + 2 * slot)
+                out.append(self._walk_split(memory, scratch, desc, head, self.driver_addr + 4 + 2 * slot))
+                self.next_avail = _wrap16(self.next_avail + 1)
+            popped += count
+            if not (self.event_idx and self.notify):
+                return 0
             # §2.7.10: avail_event asks for a notification once the driver publishes past it.
             _st16(used, 4 + 8 * size, self.next_avail)
-        return 0
+            if popped >= budget:
+                return 0  # the caller comes back for the rest
+            _fence()  # rule 7: publish avail_event, then look again
+            if _ld16(avail, 2) == self.next_avail:
+                return 0
 
     def _walk_split(self, memory, scratch, desc, head, slot_gpa):
         size = self.size
@@ -439,9 +567,38 @@ class Ring:
         if self.event_idx:
             # §2.7.7.2: notify iff the used idx passed used_event in this batch.
             used_event = _ld16(avail, 4 + 2 * size)
-            return _wrap16(self.next_used - used_event - 1) < _wrap16(self.next_used - old)
-        # §2.7.7.2: without EVENT_IDX, flags 1 means "no notification" (only that bit).
-        return not (_ld16(avail, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT)
+            notify = _wrap16(self.next_used - used_event - 1) < _wrap16(self.next_used - old)
+        else:
+            # §2.7.7.2: without EVENT_IDX, flags 1 means "no notification" (only that bit).
+            notify = not (_ld16(avail, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT)
+        if notify:
+            self.signalled = self.next_used
+        elif _wrap16(self.next_used - self.signalled) > size:
+            self.signalled = _wrap16(self.next_used - size)  # rule 8: the driver lags at most size
+        return notify
+
+    def _owed_split(self, memory):
+        self._check_split()
+        size = self.size
+        since = _wrap16(self.next_used - self.signalled)
+        if since == 0:
+            return False
+        if since > size:
+            self.signalled = _wrap16(self.next_used - size)
+            since = size
+        abuf, aoff = _map_area(memory, self.driver_addr, 6 + 2 * size, False, "available ring", False)
+        aview = abuf
+        avail = _rptr(aview, aoff)
+        _fence()
+        if self.event_idx:
+            # §2.7.7.2 over every entry published since the last notification.
+            used_event = _ld16(avail, 4 + 2 * size)
+            owed = _wrap16(self.next_used - used_event - 1) < since
+        else:
+            owed = not (_ld16(avail, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT)
+        if owed:
+            self.signalled = self.next_used
+        return owed
 
     def _notify_split(self, memory, enable):
         self._check_split()
@@ -502,18 +659,24 @@ class Ring:
         sview = self._scratch
         scratch = _wptr(sview, 0)
         count = 0
-        while count < budget:
-            # §2.8.15: use a descriptor only once its AVAIL bit changed to our wrap counter.
-            if not _avail(_ld16(ring, 16 * self.next_avail + 14), self.avail_wrap):
-                break
-            _fence()  # read flags before the rest of the descriptors they publish
-            out.append(self._walk_packed(memory, scratch, ring, inflight))
-            count += 1
-        if self.event_idx and self.notify:
+        while True:
+            while count < budget:
+                # §2.8.15: use a descriptor only once its AVAIL bit changed to our wrap counter.
+                if not _avail(_ld16(ring, 16 * self.next_avail + 14), self.avail_wrap):
+                    break
+                _fence()  # read flags before the rest of the descriptors they publish
+                out.append(self._walk_packed(memory, scratch, ring, inflight))
+                count += 1
+            if not (self.event_idx and self.notify):
+                return 0
             # §2.8.14: ask for a notification when the next descriptor is made available.
             _st16(event, 0, self.next_avail | (self.avail_wrap << 15))
             _st16(event, 2, RING_EVENT_FLAGS_DESC)
-        return 0
+            if count >= budget:
+                return 0  # the caller comes back for the rest
+            _fence()  # rule 7: publish the event, then look again
+            if not _avail(_ld16(ring, 16 * self.next_avail + 14), self.avail_wrap):
+                return 0
 
     def _walk_packed(self, memory, scratch, ring, inflight):
         size = self.size
@@ -610,6 +773,17 @@ class Ring:
                 self.used_wrap = not self.used_wrap
             i = last + 1
         _fence()  # publish the used descriptors before reading the driver's suppression
+        notify = self._packed_wants(driver, size, old)
+        new = self.next_used + (0 if self.used_wrap else size)
+        if notify:
+            self.signalled = self.next_used | (self.used_wrap << 15)
+        else:
+            self._clamp_signalled(size, new)
+        return notify
+
+    def _packed_wants(self, driver, size, old):
+        """Whether the driver's suppression asks for a notification for the descriptors
+        used from lap position ``old`` (in ``[0, 2 * size)``) to the current one."""
         event_flags = _ld16(driver, 2) & 3
         if event_flags == RING_EVENT_FLAGS_DISABLE:
             return False
@@ -626,6 +800,39 @@ class Ring:
         event = (off_wrap & 0x7FFF) + (0 if off_wrap >> 15 else size)
         span = 2 * size
         return (event - old + span) % span < (new - old + span) % span
+
+    def _signalled_lap(self, size):
+        """``signalled`` as a lap position in ``[0, 2 * size)`` (rule 8)."""
+        position = self.signalled & 0x7FFF
+        if position >= size:  # from before a resize: nothing is owed from then
+            self.signalled = self.next_used | (self.used_wrap << 15)
+            position = self.next_used
+        return position + (0 if self.signalled >> 15 else size)
+
+    def _clamp_signalled(self, size, new):
+        """Keep ``signalled`` within ``size`` descriptors of lap position ``new`` (rule 8)."""
+        span = 2 * size
+        if (new - self._signalled_lap(size) + span) % span > size:
+            lap = (new - size + span) % span
+            self.signalled = (lap - size) if lap >= size else (lap | 0x8000)
+        return 0
+
+    def _owed_packed(self, memory):
+        self._check_packed()
+        size = self.size
+        vbuf, voff = _map_area(memory, self.driver_addr, 4, False, "driver event suppression", True)
+        vview = vbuf
+        driver = _rptr(vview, voff)
+        new = self.next_used + (0 if self.used_wrap else size)
+        self._clamp_signalled(size, new)
+        old = self._signalled_lap(size)
+        if old == new:
+            return False
+        _fence()
+        owed = self._packed_wants(driver, size, old)
+        if owed:
+            self.signalled = self.next_used | (self.used_wrap << 15)
+        return owed
 
     def _notify_packed(self, memory, enable):
         self._check_packed()

@@ -26,6 +26,12 @@ Rules:
    size), because a VMM must be able to snapshot whatever a guest did: the restored
    queue then breaks on first use exactly as the original would. Chains popped before a ``reset``/``restore`` cannot be pushed
    afterwards (``UsageError``); push their head ids instead if the device kept them.
+5. No lost wakeups (``_ring_py`` rules 7 and 8): ``pop_batch`` returns fewer chains than
+   asked only after it published ``avail_event`` and found the ring still empty;
+   ``notification_owed`` and ``has_available`` let a serving loop catch up, later, with a
+   driver whose suppression stores became visible late (a guest that drops its memory
+   barriers): a call the driver asked for after the push decided, buffers it made
+   available without a notification.
 """
 
 from __future__ import annotations
@@ -125,6 +131,7 @@ class Virtqueue:
         self._ring = ring(max_size)
         self._ring.packed = bool(packed)
         self._ring.max_segments = max_segments
+        self._ring.mark_signalled()
         self.name = name
 
     def __repr__(self) -> str:
@@ -350,6 +357,40 @@ class Virtqueue:
             self._trace_broken("enable_notification")
         return pending
 
+    def notification_owed(self, memory: GuestMemory) -> bool:
+        """Whether the driver, reading its suppression fields now, wants a used buffer
+        notification that no push since the last notification sent (rule 5).
+
+        ``True`` counts the notification as sent: the caller sends it. Reads guest memory
+        only; a ring violation breaks the queue (and returns ``False``).
+        """
+        was_broken = self._ring.broken is not None
+        owed = bool(self._ring.notification_owed(memory))
+        if not was_broken and self._ring.broken is not None:
+            self._trace_broken("notification_owed")
+        return owed
+
+    def has_available(self, memory: GuestMemory) -> bool:
+        """Whether buffers are available past the next one to pop (reads only, rule 5)."""
+        was_broken = self._ring.broken is not None
+        pending = bool(self._ring.has_available(memory))
+        if not was_broken and self._ring.broken is not None:
+            self._trace_broken("has_available")
+        return pending
+
+    def rewind(self, chains: Sequence[Any]) -> bool:
+        """Give back ``chains``: the last ones ``pop_batch`` returned, in pop order, none
+        pushed. The queue reads them again as if they had never been popped (QEMU's
+        ``virtqueue_rewind``): a device that stops without using buffers it took (a NIC
+        with no frame for them) loses none. Returns ``False`` and changes nothing on a
+        broken queue.
+
+        Raises:
+            UsageError: not chains of this queue since its last reset, or not the last
+                ones popped, in order, all still in flight. Nothing changes then.
+        """
+        return bool(self._ring.rewind(list(chains)))
+
     def disable_notification(self, memory: GuestMemory) -> None:
         """Tell the driver not to notify (the device is polling); a hint the driver may ignore."""
         was_broken = self._ring.broken is not None
@@ -445,6 +486,7 @@ class Virtqueue:
         if state.packed:
             ring.set_inflight(table, state.inflight)
         ring.broken = None if state.broken is None else RestoredBrokenError(state.broken)
+        ring.mark_signalled()
 
     @staticmethod
     def _check_split_state(state: VirtqueueState, size: int, max_size: int) -> None:
