@@ -32,6 +32,26 @@ Rules:
    (``update_config``), at most once between two driver observations of the
    configuration, so an 8-bit counter cannot wrap back to a value the driver holds
    (§4.1.4.3.1 note).
+8. Every error state is left by a reset (§2.1.2, §2.4): ``reset`` (status 0 on any
+   transport) clears DEVICE_NEEDS_RESET, ``error``, broken queues, pending work and what
+   the device holds, and the full initialization then works again. A transport that keeps
+   ring positions itself (vhost-user) stops a queue with ``stop_queue`` (the device gives
+   back what it holds: nothing is lost, the position is where a restart resumes) and
+   starts it with ``start_queue`` (a new epoch: nothing from before is used into it).
+9. Notifications are never lost for good, even to a driver whose suppression stores
+   become visible late (a guest that drops its memory barriers): the queue re-checks the
+   ring after publishing ``avail_event`` (``Virtqueue`` rule 5), and ``recheck`` lets a
+   serving loop send a used buffer notification still owed and process buffers made
+   available without a notification, bounded by one pass over the queues per call.
+
+Hostile guests: no guest action (register write, descriptor, ring index, address) and no
+message a VMM peer sends may end a server process or stall its rings beyond a stated
+bound. Malformed input gets the architected behaviour (DEVICE_NEEDS_RESET, an error
+status in the device's own used entry) and a trace event. A ``UsageError`` is for host
+code misusing an API; one that a guest can reach is a bug. A device author keeps to this
+by raising ``GuestError`` (never anything else) for what the guest got wrong, by bounding
+every loop and every buffer by the queue sizes, and by handing back, in ``on_queue_stop``,
+buffers taken from a queue and not yet used.
 """
 
 from __future__ import annotations
@@ -316,7 +336,26 @@ class VirtioDevice(ServedDeviceDefaults):
         """Device-specific part of a reset: drop in-flight work, restore writable config."""
 
     def on_queue_reset(self, index: int) -> None:
-        """Queue ``index`` was reset by the driver (VIRTIO_F_RING_RESET): drop its work."""
+        """Queue ``index`` was reset by the driver (VIRTIO_F_RING_RESET), or started again
+        by its transport (``start_queue``): a new epoch; drop what was held of the old one."""
+
+    def on_queue_stop(self, index: int) -> None:
+        """Queue ``index`` is stopping without a reset (``stop_queue``): give back what the
+        device holds of it, so the queue's position is where a restart resumes (rule 8).
+
+        Buffers taken and not used go back with ``self.queues[index].rewind(chains)``;
+        requests in flight are completed (or were drained before). The default holds
+        nothing.
+        """
+
+    def awaits_buffers(self, index: int) -> bool:
+        """Whether the device acts on buffers made available on queue ``index`` now, so
+        that ``recheck`` processes ones that came without a notification (rule 9).
+
+        The default (every queue) suits a device that drains a queue when notified; a NIC's
+        receive queue waits for buffers only while frames are held for it.
+        """
+        return True
 
     def on_config_write(self, offset: int, data: bytes) -> None:
         """The driver wrote ``data`` at ``offset`` of the configuration (bounds checked).
@@ -598,6 +637,60 @@ class VirtioDevice(ServedDeviceDefaults):
             return
         self._reset_queue_state(index)
         self.on_queue_reset(index)
+
+    def stop_queue(self, index: int) -> None:
+        """Stop queue ``index`` without resetting it (vhost-user GET_VRING_BASE, rule 8).
+
+        The device gives back what it holds (``on_queue_stop``), then the queue stops; its
+        position (``next_avail``, and ``next_used`` for packed rings) is where a restart
+        resumes, with no buffer lost to the driver.
+        """
+        if not 0 <= index < len(self.queues):
+            return
+        try:
+            self.on_queue_stop(index)
+        except GuestError as exc:
+            self.fail(exc)
+        queue = self.queues[index]
+        if queue.broken:
+            self._queue_broke(index)
+        queue.ready = False
+        self.pending.discard(index)
+
+    def start_queue(self, index: int, state: VirtqueueState) -> None:
+        """Start queue ``index`` from ``state``: ring positions kept by the transport
+        (vhost-user SET_VRING_BASE and SET_VRING_KICK, rule 8). The queue gets a new epoch
+        (rule 6): whatever the device still held of it is dropped (``on_queue_reset``) and
+        nothing from before is used into the restarted ring.
+
+        Raises:
+            SnapshotError: ``state`` does not fit this queue; nothing changed.
+        """
+        queue = self.queues[index]
+        queue.restore(state)
+        self._epochs[index] += 1
+        self.pending.discard(index)
+        self.on_queue_reset(index)
+
+    def recheck(self) -> None:
+        """Catch up with a driver whose notification-suppression stores came late (rule 9).
+
+        For every live queue: send a used buffer notification the driver now asks for and
+        no push sent (``Virtqueue.notification_owed``), then process buffers made available
+        without a notification when the device awaits them (``awaits_buffers``). A serving
+        loop calls this once per batch of events and once more when it goes idle; each call
+        reads a few ring fields per queue and pops at most ``budget`` chains per queue.
+        """
+        memory = self.memory
+        for index, queue in enumerate(self.queues):
+            if not self.queue_live(index):
+                continue
+            if queue.notification_owed(memory):
+                self.transport.signal_used(index)
+            if not queue.broken and self.awaits_buffers(index) and queue.has_available(memory):
+                self.notify_queue(index)
+            if queue.broken and not self.broken:
+                self._queue_broke(index)
 
     def _reset_queue_state(self, index: int) -> None:
         queue = self.queues[index]

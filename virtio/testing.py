@@ -14,7 +14,8 @@ Rules:
 2. Anything the *device* wrote that a correct device could not have written (an unknown
    used id, a length beyond the buffer) raises ``DeviceProtocolError``: tests treat it as
    a device bug. Misuse of the simulator raises ``UsageError``.
-3. The ``raw_*`` methods bypass every rule, to build malformed rings for tests.
+3. The ``raw_*`` methods bypass every rule, to build malformed rings for tests;
+   ``malform`` builds each kind of malformed ring a device must detect (``MALFORMED``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,16 @@ from .queue.defs import (
     VIRTQ_USED_F_NO_NOTIFY,
 )
 
-__all__ = ["DeviceProtocolError", "RingLayout", "UsedBuffer", "SplitDriver", "PackedDriver", "make_driver"]
+__all__ = [
+    "DeviceProtocolError",
+    "RingLayout",
+    "UsedBuffer",
+    "SplitDriver",
+    "PackedDriver",
+    "make_driver",
+    "MALFORMED",
+    "malform",
+]
 
 Segment = tuple[int, int]
 
@@ -467,6 +477,63 @@ class PackedDriver(_Driver):
 def make_driver(memory: GuestMemory, size: int, *, packed: bool = False, **kwargs: Any) -> SplitDriver | PackedDriver:
     """A ``SplitDriver`` or ``PackedDriver`` (same keyword arguments)."""
     return PackedDriver(memory, size, **kwargs) if packed else SplitDriver(memory, size, **kwargs)
+
+
+MALFORMED: dict[bool, tuple[str, ...]] = {
+    False: ("loop", "next_out_of_range", "avail_jump", "indirect_length", "indirect_outside_ram",
+            "indirect_foreign"),
+    True: ("buffer_id", "list_too_long", "indirect_length", "indirect_outside_ram", "indirect_foreign"),
+}
+"""The malformed rings ``malform`` builds, for split (``False``) and packed (``True``) rings."""
+
+_OUTSIDE_RAM = 0x7_0000_0000
+
+
+def malform(driver: SplitDriver | PackedDriver, kind: str, *, foreign: int = _OUTSIDE_RAM) -> None:
+    """Make the next available buffer of ``driver``'s ring malformed, as ``kind`` says, and
+    publish it (rule 3). Kinds (``MALFORMED``):
+
+    - split: a descriptor ``loop`` (§2.7.5.2), ``next_out_of_range``, an ``avail_jump`` of
+      more than the queue size (§2.7.6.1);
+    - packed: a ``buffer_id`` out of range (§2.8.6), a ``list_too_long`` for the ring
+      (§2.8.17);
+    - both: an indirect table of a bad length (``indirect_length``, §2.7.5.3, §2.8.7),
+      outside RAM (``indirect_outside_ram``), or at ``foreign`` (``indirect_foreign``: say,
+      the address of a BAR).
+
+    Raises:
+        UsageError: an unknown kind for this layout.
+    """
+    if kind not in MALFORMED[driver.packed]:
+        raise UsageError(f"{kind!r} is not one of {MALFORMED[driver.packed]}")
+    data = driver.alloc(64)
+    target = {"indirect_outside_ram": _OUTSIDE_RAM, "indirect_foreign": foreign}.get(kind, data)
+    length = 17 if kind == "indirect_length" else 32
+    if isinstance(driver, PackedDriver):
+        avail = driver.avail_flags()
+        pos = driver.next_avail
+        if kind == "buffer_id":
+            driver.raw_desc(pos, data, 16, driver.size + 1, avail)
+        elif kind == "list_too_long":
+            for k in range(driver.size):  # NEXT all the way round, each with valid AVAIL/USED bits
+                flags = driver.avail_flags(driver.avail_wrap == (pos + k < driver.size))
+                driver.raw_desc((pos + k) % driver.size, data, 16, 0, flags | VIRTQ_DESC_F_NEXT)
+        else:
+            driver.raw_desc(pos, target, length, 0, avail | VIRTQ_DESC_F_INDIRECT)
+        return
+    head = driver.free[0] if driver.free else 0
+    if kind == "loop":
+        other = (head + 1) % driver.size
+        driver.raw_desc(head, data, 16, VIRTQ_DESC_F_NEXT, other)
+        driver.raw_desc(other, data, 16, VIRTQ_DESC_F_NEXT, head)
+    elif kind == "next_out_of_range":
+        driver.raw_desc(head, data, 16, VIRTQ_DESC_F_NEXT, driver.size + 3)
+    elif kind != "avail_jump":
+        driver.raw_desc(head, target, length, VIRTQ_DESC_F_INDIRECT, 0)
+    if kind == "avail_jump":
+        driver.raw_publish([head], idx=(driver.last_used + driver.size + 5) & 0xFFFF)
+    else:
+        driver.raw_publish([head])
 
 
 def _desc(addr: int, length: int, flags: int, next_: int) -> bytes:

@@ -23,6 +23,11 @@ Rules:
 5. With MRG_RXBUF a packet may span chains: all but the last are filled completely and the
    first header's ``num_buffers`` counts them (§5.1.6.4.2); chains popped for a packet
    that did not fit wait (bounded by the queue size) for the rest.
+6. Receive chains popped and not filled (the spares of rule 5 and of ``_refill``) are
+   always the last ones popped from their queue, in order. A queue stopped without a
+   reset (vhost-user GET_VRING_BASE) gives them back to the ring (``Virtqueue.rewind``),
+   so the restarted ring offers them again and the driver loses none; a queue started
+   again (a new epoch) never sees chains of the old one.
 """
 
 from __future__ import annotations
@@ -353,6 +358,22 @@ class VirtioNetDevice(VirtioDevice):
         """A reset receive queue loses its popped chains (their epoch is gone)."""
         if index < 2 * self.max_pairs and not index & 1:
             self._spare[index >> 1].clear()
+
+    def on_queue_stop(self, index: int) -> None:
+        """A stopping receive queue gives its unfilled chains back to the ring (rule 6)."""
+        if index < 2 * self.max_pairs and not index & 1:
+            pair = index >> 1
+            spare = self._spare[pair]
+            if spare and self._spare_epoch[pair] == self.queue_epoch(index):
+                self.queues[index].rewind(list(spare))
+            spare.clear()
+
+    def awaits_buffers(self, index: int) -> bool:
+        """Receive queues wait for buffers only while frames are held for them."""
+        role, pair = self._role(index)
+        if role == "rx":
+            return bool(self._held[pair])
+        return role != "none"
 
     def on_queue_notify(self, index: int) -> bool:
         """Receive queues deliver held frames; the others pop and process (rule 2)."""

@@ -3,6 +3,7 @@ both ring implementations, on an in-memory loopback wire with a responder at the
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,6 +53,7 @@ from virtio.net.layouts import VIRTIO_NET_HDR
 from virtio.net.testing import NetDriver
 from virtio.queue import Virtqueue
 from virtio.queue.ring import IMPLEMENTATIONS
+from virtio.testing import make_driver
 
 GUEST_MAC = parse_mac("52:54:00:12:34:56")
 GUEST_IP = parse_ipv4("10.0.2.15")
@@ -396,3 +398,71 @@ def test_bad_arguments(memory, wire):
         VirtioNetDevice(memory, wire[0], queue_pairs=0)
     with pytest.raises(UsageError):
         VirtioNetDevice(memory, wire[0], mtu=10)
+
+
+# -- queues stopped and started by their transport (vhost-user GET_VRING_BASE / SET_VRING_*) --
+
+
+def received_frames(driver: NetDriver) -> list[bytes]:
+    return [p.frame for p in driver.received(repost=False)]
+
+
+def test_a_stopped_receive_queue_gives_back_the_buffers_it_took(memory, wire, queue_factory, packed):
+    ours, theirs = wire
+    device, driver = make(memory, ours, queue_factory, packed, driver_kwargs={"rx_buffers": 8})
+    frames = [ethernet_frame(GUEST_MAC, PEER_MAC, 0x88B5, bytes([n]) * 60) for n in range(9)]
+    theirs.send(frames[0])
+    device.poll_rx()
+    assert received_frames(driver) == frames[:1]
+    queue = device.queues[0]
+    assert queue.in_flight == 7  # taken ahead of frames
+    device.stop_queue(0)  # vhost-user GET_VRING_BASE: the base must not count them
+    assert queue.in_flight == 0 and not queue.ready
+    device.start_queue(0, dataclasses.replace(queue.state(), ready=True))  # started from that base
+    for frame in frames[1:]:
+        theirs.send(frame)
+    device.poll_rx()
+    assert received_frames(driver) == frames[1:8]  # every buffer the driver posted was used
+    assert device.held == 1  # the ninth waits for a buffer: none was lost
+
+
+def test_a_receive_queue_started_again_never_uses_chains_of_the_old_ring(memory, wire, queue_factory, packed):
+    ours, theirs = wire
+    device, driver = make(memory, ours, queue_factory, packed, driver_kwargs={"rx_buffers": 8})
+    theirs.send(ethernet_frame(GUEST_MAC, PEER_MAC, 0x88B5, bytes(60)))
+    device.poll_rx()
+    assert len(driver.received(repost=False)) == 1 and device.queues[0].in_flight == 7
+    # The guest reset the device behind the front-end (vhost-user: the rings start again
+    # from base 0 on fresh memory, without a device reset or a stop the back-end saw).
+    fresh = make_driver(memory, 64, packed=packed, base=0x80_0000, event_idx=True)
+    state = device.queues[0].state()
+    device.start_queue(0, dataclasses.replace(
+        state, size=64, desc_addr=fresh.layout.desc_addr, driver_addr=fresh.layout.driver_addr,
+        device_addr=fresh.layout.device_addr, next_avail=0, next_used=0, avail_wrap=True, used_wrap=True,
+        inflight=(), ready=True))
+    fresh.add((), [1526])
+    if fresh.kick():
+        device.notify_queue(0)
+    frame = ethernet_frame(GUEST_MAC, PEER_MAC, 0x88B5, bytes(range(60)))
+    theirs.send(frame)
+    device.poll_rx()  # the old ring's chains are gone with their epoch
+    (used,) = fresh.reap()
+    assert used.read(memory)[VIRTIO_NET_HDR.size :] == frame
+
+
+def test_recheck_delivers_held_frames_into_buffers_posted_without_a_notification(memory, wire, queue_factory, packed):
+    ours, theirs = wire
+    device, driver = make(memory, ours, queue_factory, packed, driver_kwargs={"rx_buffers": 0})
+    rx = driver.rings[0]
+    device.recheck()
+    theirs.send(ethernet_frame(GUEST_MAC, PEER_MAC, 0x88B5, bytes(60)))
+    device.poll_rx()
+    assert device.held == 1
+    rx.add((), [2048])
+    rx.kick()  # the notification is lost (the driver's stale view of avail_event)
+    device.recheck()
+    assert device.held == 0 and len(received_frames(driver)) == 1
+    rx.add((), [2048])
+    rx.kick()
+    device.recheck()  # no frame waits: the buffer stays in the ring, untouched
+    assert device.queues[0].in_flight == 0
