@@ -10,6 +10,15 @@
 - ``glue``: device wake-ups (block completions, network receive).
 - ``testing``: a fake front-end (``FakeFrontEnd``) over shared memfd RAM.
 - ``defs``: protocol constants; ``cli``: ``devmodels vhost-user blk|net``.
+
+The rule every part keeps (and every device served here must keep, ``virtio.device``):
+no guest action and no front-end message may end the server process or stall its rings
+beyond a stated bound. Malformed messages are refused or end that connection only
+(``session`` rule 1); malformed rings take the device to DEVICE_NEEDS_RESET, which the
+guest's reset leaves (``session`` rule 6); a front-end that does not read its replies is
+disconnected past a bound (``backend`` rule 2); a driver's late notification-suppression
+store delays a ring by at most a second (``backend`` rule 5). A ``UsageError`` that a
+guest or a front-end can reach is a bug.
 """
 
 from . import defs

@@ -12,8 +12,10 @@ Rules:
    closed) and the next front-end can attach.
 2. Messages are read with ``recvmsg`` (``MSG_CMSG_CLOEXEC``); a truncated control message
    (more descriptors than the buffer takes) ends the connection, closing what arrived.
-   Replies are written with a timeout, so a front-end that stops reading cannot block the
-   loop forever.
+   Replies never block the loop: the socket is non-blocking, what it does not take waits
+   in an outgoing queue written when the socket is writable, and a front-end that leaves
+   more than ``OUT_LIMIT`` bytes of replies unread is disconnected (a log line and a
+   ``vhost_user.connection`` trace event); the next front-end can then attach.
 3. The loop never spins: it sleeps in ``select`` unless a ring ran out of budget with work
    left (``busy``) or a ring is in polling mode (then it wakes every ``poll_interval``).
    Descriptor registrations are reconciled with what the session and glue want after every
@@ -21,6 +23,15 @@ Rules:
 4. ``stop()`` may be called from any thread (or a signal handler); ``serve`` returns soon
    after. ``close()`` ends the session and releases the socket (the path is unlinked if the
    server created it).
+5. Late suppression stores of the driver (a guest that drops memory barriers) cannot hang
+   a ring: ``VhostUserSession.recheck`` runs at most ``RECHECK_DELAY`` after a batch of
+   events (so at most once per ``RECHECK_DELAY`` under load) and whenever the loop wakes
+   idle (at least once a second): a call the driver asked for late, or buffers it added
+   without a kick, wait at most that long.
+
+Bounds: a front-end message is handled within the loop iteration that reads it; no
+message or guest action ends the loop; a ring waits at most one second for a
+notification a driver's late store made the device miss.
 """
 
 from __future__ import annotations
@@ -52,7 +63,12 @@ _tp_conn = tracepoint("vhost_user.connection")
 
 _RECV_SIZE = 16 * (VHOST_USER_MAX_PAYLOAD + 12)
 _ANC_FDS = 64  # room to see (and refuse) more descriptors than a message may carry
-_SEND_TIMEOUT = 10.0
+_IDLE_WAIT = 1.0
+
+OUT_LIMIT = 64 << 10
+"""Bytes of replies a front-end may leave unread before it is disconnected (rule 2)."""
+RECHECK_DELAY = 0.001
+"""Seconds from a batch of events to the next ``recheck`` (rule 5)."""
 
 
 class SessionTransport:
@@ -133,11 +149,13 @@ class VhostUserServer:
         self._queue_num = queue_num if queue_num is not None else getattr(device, "vhost_user_queue_num", None)
         self.poll_interval = poll_interval
         self._selector = selectors.DefaultSelector()
-        self._registered: dict[int, Callable[[], None]] = {}
+        self._registered: dict[int, tuple[int, Callable[[], None]]] = {}
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
+        self._out = bytearray()  # replies the socket has not taken yet (rule 2)
+        self._recheck_at: float | None = None
         self.session: VhostUserSession | None = None
         self.sessions = 0
         """How many front-ends have attached so far."""
@@ -173,18 +191,22 @@ class VhostUserServer:
         while not self._stopping:
             if until is not None and until():
                 return
-            wait: float | None = 1.0
+            wait = _IDLE_WAIT
             session = self.session
             if session is not None and session.busy:
                 wait = 0.0
             elif session is not None and session.polling:
                 wait = self.poll_interval
+            now = time.monotonic()
+            if self._recheck_at is not None:
+                wait = min(wait, max(0.0, self._recheck_at - now))
             if deadline is not None:
-                left = deadline - time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     return
-                wait = left if wait is None else min(wait, left)
-            for key, _mask in self._selector.select(wait):
+                wait = min(wait, left)
+            events = self._selector.select(wait)
+            for key, _mask in events:
                 key.data()
             session = self.session
             if session is not None:
@@ -192,8 +214,18 @@ class VhostUserServer:
                     session.run_busy()
                 if session.polling:
                     session.poll()
+                self._recheck(session, bool(events))
                 session.flush_calls()
             self._sync()
+
+    def _recheck(self, session: VhostUserSession, active: bool) -> None:
+        """Rule 5: recheck when due or when the loop woke idle; arm the next after activity."""
+        now = time.monotonic()
+        if not active or (self._recheck_at is not None and now >= self._recheck_at):
+            session.recheck()
+            self._recheck_at = None
+        if active and self._recheck_at is None:
+            self._recheck_at = now + RECHECK_DELAY
 
     def start(self) -> threading.Thread:
         """Run ``serve`` on a daemon thread (tests, embedding); ``close`` stops it."""
@@ -241,7 +273,7 @@ class VhostUserServer:
         if self._listener is not None:
             wanted[self._listener.fileno()] = self._on_accept
         if self._conn is not None:
-            wanted[self._conn.fileno()] = self._on_message
+            wanted[self._conn.fileno()] = self._on_conn
         session = self.session
         if session is not None:
             for fd, index in session.watched().items():
@@ -258,14 +290,17 @@ class VhostUserServer:
             except (KeyError, ValueError, OSError):
                 pass
             del registered[fd]
+        conn_fd = self._conn.fileno() if self._conn is not None else -1
         for fd, callback in wanted.items():
+            # The connection is watched for writability too while replies wait (rule 2).
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if fd == conn_fd and self._out else 0)
             old = registered.get(fd)
             if old is None:
-                self._selector.register(fd, selectors.EVENT_READ, callback)
-                registered[fd] = callback
-            elif old is not callback and old != callback:
-                self._selector.modify(fd, selectors.EVENT_READ, callback)
-                registered[fd] = callback
+                self._selector.register(fd, events, callback)
+                registered[fd] = (events, callback)
+            elif old[0] != events or (old[1] is not callback and old[1] != callback):
+                self._selector.modify(fd, events, callback)
+                registered[fd] = (events, callback)
 
     # -- callbacks ---------------------------------------------------------------------------------
 
@@ -312,15 +347,41 @@ class VhostUserServer:
             _log.warning("vhost-user: refusing a second front-end while one is attached")
             conn.close()
             return
-        conn.settimeout(_SEND_TIMEOUT)
+        conn.setblocking(False)
         self._conn = conn
         self._reader = MessageReader()
+        self._out.clear()
         self.session = VhostUserSession(self.device, queue_num=self._queue_num, close_kick=self._close_watched)
         self._transport.session = self.session
         self.sessions += 1
         self.last_error = None
         if _tp_conn.on:
             _tp_conn.emit(event="connect", session=self.sessions)
+
+    def _on_conn(self) -> None:
+        """The connection is readable or writable: send waiting replies, read messages."""
+        if self._out and not self._send_out():
+            return
+        self._on_message()
+
+    def _send_out(self) -> bool:
+        """Write what the socket takes of the waiting replies; ``False`` if disconnected."""
+        conn = self._conn
+        if conn is None:
+            return False
+        while self._out:
+            try:
+                sent = conn.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._disconnect(f"reply failed: {exc}")
+                return False
+            del self._out[:sent]
+        if len(self._out) > OUT_LIMIT:
+            self._disconnect(f"the front-end left {len(self._out)} bytes of replies unread (limit {OUT_LIMIT})")
+            return False
+        return True
 
     def _on_message(self) -> None:
         conn, reader, session = self._conn, self._reader, self.session
@@ -352,18 +413,17 @@ class VhostUserServer:
         for index, message in enumerate(messages):
             try:
                 reply = session.handle(message)
-                if reply is not None:
-                    conn.sendall(reply)
             except ProtocolError as exc:
                 for later in messages[index + 1 :]:
                     later.close_fds()
                 self._disconnect(str(exc))
                 return
-            except OSError as exc:
-                for later in messages[index + 1 :]:
-                    later.close_fds()
-                self._disconnect(f"reply failed: {exc}")
-                return
+            if reply is not None:
+                self._out += reply
+                if not self._send_out():
+                    for later in messages[index + 1 :]:
+                        later.close_fds()
+                    return
 
     def _forget(self, fd: int) -> None:
         if self._registered.pop(fd, None) is not None:
@@ -379,22 +439,26 @@ class VhostUserServer:
 
     def _disconnect(self, reason: str | None) -> None:
         session, conn, reader = self.session, self._conn, self._reader
-        self.session = None
-        self._transport.session = None
-        self._conn = None
-        self._reader = None
         if reason is not None:
             self.last_error = reason
             _log.warning("vhost-user: disconnecting the front-end: %s", reason)
         if _tp_conn.on and (session is not None or conn is not None):
             _tp_conn.emit(event="disconnect", reason=reason or "front-end closed")
-        if session is not None:
-            session.close()
-        if reader is not None:
-            reader.close()
-        if conn is not None:
-            self._forget(conn.fileno())
-            conn.close()
+        self._conn = None
+        self._reader = None
+        self._out.clear()
+        self._recheck_at = None
+        try:
+            if session is not None:
+                session.close()  # before ``connected`` turns false: the device is reset then
+        finally:
+            self.session = None
+            self._transport.session = None
+            if reader is not None:
+                reader.close()
+            if conn is not None:
+                self._forget(conn.fileno())
+                conn.close()
 
 
 class _KickHandler:

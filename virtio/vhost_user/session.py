@@ -17,15 +17,33 @@ Rules:
 2. A ring is *started* by SET_VRING_KICK and *stopped* by GET_VRING_BASE (§ Ring states). It
    is processed only while started, enabled (SET_VRING_ENABLE, or always when
    VHOST_USER_F_PROTOCOL_FEATURES was not negotiated) and after SET_FEATURES. Starting
-   programs the device queue from the vring state; the used index is read back from the
-   used ring itself, so chains a previous back-end left in flight are not mistaken for new.
+   programs the device queue from the vring state (``VirtioDevice.start_queue``: a new
+   epoch); the used index is read back from the used ring itself, so chains a previous
+   back-end left in flight are not mistaken for new.
 3. Stopping drains the device first (block requests complete and are returned to the
-   guest), so GET_VRING_BASE reports a base with nothing in flight. Memory regions are
+   guest), then the device gives back what it holds (``VirtioDevice.stop_queue``: a NIC
+   un-pops receive buffers it had no frame for), so GET_VRING_BASE reports the position a
+   restart resumes from, with nothing in flight and nothing lost. Memory regions are
    removed or replaced only after a drain (``BlockBackend`` rule 3).
 4. Used-buffer notifications are coalesced: the device's ``signal_used`` only marks the
    ring; ``flush_calls`` writes each marked call eventfd once (after a batch of events).
+   ``recheck`` (once per batch, and when the loop goes idle) sends calls a driver asked
+   for late and processes buffers it made available without a kick (``VirtioDevice``
+   rule 9).
 5. ``close`` (front-end gone, fatal error) drains, resets the device, unmaps the memory and
    closes every descriptor, leaving the device ready for the next front-end.
+6. Every ring error is recoverable by the guest's reset. When the device finds a malformed
+   ring it enters DEVICE_NEEDS_RESET; every ring running then is *failed*: its error
+   eventfd is written once and it is not processed again until it is stopped
+   (GET_VRING_BASE) and started. A ring started while the device is in that state, and a
+   SET_FEATURES then (QEMU resends the same features on the guest's reset), reset the
+   device and negotiate the session's features again: a ring stopped and started again
+   starts clean, whatever the features. Failed rings not yet stopped stay out.
+
+No message, and nothing the guest puts in the rings, ends the server or stalls a ring
+beyond the stated bounds: malformed messages are refused (rule 1), ring errors take the
+device to DEVICE_NEEDS_RESET (rule 6), and a ``UsageError`` a front-end or guest could
+reach is a bug.
 """
 
 from __future__ import annotations
@@ -37,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from devmodels import GuestError, GuestMemoryError, UsageError
+from devmodels import GuestMemoryError, UsageError
 from devmodels._errors import SnapshotError
 from devmodels._trace import tracepoint
 
@@ -171,7 +189,7 @@ class VringState:
     started: bool = False
     running: bool = False
     call_pending: bool = False
-    error_signalled: bool = False
+    failed: bool = False  # running when the device failed: out until stopped and started (rule 6)
 
     def close(self, close_kick: Callable[[int], None]) -> None:
         """Close the ring's descriptors (the kick one through ``close_kick``)."""
@@ -238,7 +256,7 @@ class VhostUserSession:
             self.vrings[index].call_pending = True
 
     def flush_calls(self) -> None:
-        """Write the call eventfd of every marked ring once (rule 4); signal errors."""
+        """Write the call eventfd of every marked ring once (rule 4); signal errors (rule 6)."""
         for vring in self.vrings:
             if vring.call_pending:
                 vring.call_pending = False
@@ -246,9 +264,27 @@ class VhostUserSession:
                     _signal(vring.call_fd)
         if self.device.status & DEVICE_NEEDS_RESET:
             for vring in self.vrings:
-                if vring.running and vring.err_fd is not None and not vring.error_signalled:
-                    vring.error_signalled = True
-                    _signal(vring.err_fd)
+                if vring.running:
+                    self._fail_ring(vring)
+
+    def _fail_ring(self, vring: VringState) -> None:
+        if vring.failed:
+            return
+        vring.failed = True
+        if _tp_ring.on:
+            _tp_ring.emit(index=vring.index, event="failed", error=str(self.device.error))
+        if vring.err_fd is not None:
+            _signal(vring.err_fd)
+
+    def recheck(self) -> None:
+        """Catch up with late suppression stores of the driver (rule 4), once per loop batch."""
+        if not any(v.running for v in self.vrings):
+            return
+        device = self.device
+        device.recheck()
+        for index in device.pending:
+            if 0 <= index < len(self.vrings) and self.vrings[index].running:
+                self.busy.add(index)
 
     def watched(self) -> dict[int, int]:
         """Kick descriptor -> ring index, for the rings being processed."""
@@ -266,14 +302,9 @@ class VhostUserSession:
         vring = self.vrings[index]
         if not vring.running:
             return
-        device = self.device
-        more = device.notify_queue(index)
-        if not more and device.queue_live(index):
-            # After the queue ran dry, ask for notifications again and look once more: the
-            # driver may have added buffers before it saw avail_event move (§2.7.10).
-            more = bool(device.queues[index].enable_notification(device.memory))
-            if device.queues[index].broken:
-                device.fail(device.queues[index].broken_reason or GuestError("queue broken"))
+        # The queue looks at the ring again after publishing avail_event (Virtqueue rule 5),
+        # so "no more" means the driver will kick for what it adds next.
+        more = self.device.notify_queue(index)
         if more:
             self.busy.add(index)
         else:
@@ -349,10 +380,19 @@ class VhostUserSession:
             for vring in self.vrings:
                 vring.enabled = True
         device = self.device
-        if not first and device.status & FEATURES_OK and device.negotiated == device_features:
+        if not first and device.status & FEATURES_OK and device.negotiated == device_features and not device.broken:
             return  # QEMU resends the same features on every start and log change
+        self._configure(device_features)
+
+    def _configure(self, device_features: int) -> None:
+        """Reset the device and take it to DRIVER_OK with ``device_features``; running rings
+        restart from where they stopped, except failed ones (rule 6)."""
+        device = self.device
+        broken = device.broken
         for vring in self.vrings:
             if vring.running:
+                if broken:
+                    self._fail_ring(vring)
                 self._stop(vring)
         self._drain()
         device.write_status(0)
@@ -370,6 +410,8 @@ class VhostUserSession:
         for offset, data in self._pending_config:
             device.on_config_write(offset, data)
         device.write_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
+        if broken and _tp_ring.on:
+            _tp_ring.emit(index=-1, event="device_reset", reason="a ring started after a ring error")
         for vring in self.vrings:
             self._maybe_start(vring)
 
@@ -393,6 +435,7 @@ class VhostUserSession:
         for vring in self.vrings:
             self._stop(vring)
             vring.enabled = False
+            vring.failed = False  # rule 6: what starts next starts clean
 
     def _reset_device(self, message: Message) -> None:
         _no_payload(message)
@@ -496,6 +539,7 @@ class VhostUserSession:
         vring = self._vring(index, message)
         self._stop(vring)
         vring.started = False
+        vring.failed = False  # rule 6: its next start is clean
         if vring.kick_fd is not None:
             self._close_kick(vring.kick_fd)
             vring.kick_fd = None
@@ -543,7 +587,6 @@ class VhostUserSession:
         if vring.err_fd is not None:
             close_fds([vring.err_fd])
         vring.err_fd = fd
-        vring.error_signalled = False
 
     def _set_vring_enable(self, message: Message) -> None:
         index, num = decode_vring_state(message)
@@ -611,12 +654,16 @@ class VhostUserSession:
         return out[0], out[1], out[2]
 
     def _maybe_start(self, vring: VringState) -> None:
-        if vring.running or not vring.started or not vring.enabled or self.features is None:
+        if vring.running or vring.failed or not vring.started or not vring.enabled or self.features is None:
             return
         if not self.device.status & DRIVER_OK or vring.num is None or vring.addr is None:
             return
         desc, driver, device_area = self._translate(vring)
         device = self.device
+        if device.broken:
+            # Rule 6: the device failed since; this ring starts clean on a reset device.
+            self._configure(self.features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
+            return
         queue = device.queues[vring.index]
         packed = bool(queue.packed)
         size = vring.num
@@ -649,12 +696,11 @@ class VhostUserSession:
                 next_avail=next_avail, next_used=next_used, avail_wrap=avail_wrap, used_wrap=used_wrap,
                 in_order_next=0, inflight=(), broken=None, notify=True,
             )
-            queue.restore(state)
+            device.start_queue(vring.index, state)
             queue.set_features(device.negotiated)
         except (SnapshotError, GuestMemoryError, UsageError) as exc:
             raise ProtocolError(f"ring {vring.index} cannot start: {exc}") from None
         vring.running = True
-        vring.error_signalled = False
         if _tp_ring.on:
             _tp_ring.emit(index=vring.index, event="start", size=size, base=vring.base, packed=packed)
         self._on_fds_changed()
@@ -665,15 +711,16 @@ class VhostUserSession:
             return
         self._drain()
         device = self.device
+        device.stop_queue(vring.index)  # rule 3: what the device held goes back to the ring
         queue = device.queues[vring.index]
         if queue.packed:
-            # Nothing is in flight after the drain, so the used position equals the
-            # available one; both halves are reported (see _set_vring_base).
-            half = queue.next_avail | int(queue.avail_wrap) << 15
-            vring.base = half | half << 16
+            # Both halves (see _set_vring_base); after the drain nothing is in flight and
+            # they are equal.
+            avail = queue.next_avail | int(queue.avail_wrap) << 15
+            used = queue.next_used | int(queue.used_wrap) << 15
+            vring.base = avail | used << 16
         else:
             vring.base = queue.next_avail
-        device.set_queue_ready(vring.index, False)
         vring.running = False
         self.busy.discard(vring.index)
         if _tp_ring.on:
