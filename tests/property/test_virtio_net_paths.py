@@ -118,7 +118,11 @@ def test_transmit_chains_come_back_empty_and_only_good_frames_are_sent(chains, p
             if length >= VIRTIO_NET_HDR_SIZE + 14 and length <= 0x10000 + VIRTIO_NET_HDR_SIZE and gpa + length <= RAM:
                 header = device.memory.read(gpa, VIRTIO_NET_HDR_SIZE)
                 body = device.memory.read(gpa + VIRTIO_NET_HDR_SIZE, length - VIRTIO_NET_HDR_SIZE)
-                if header[1] & 0x7F == 0 and not header[0] & 1:
+                # Read after the device: a buffer over a ring changed when the chain came back.
+                over_a_ring = any(gpa < r.layout.end and r.layout.desc_addr < gpa + length for r in driver.rings)
+                if over_a_ring:
+                    expected.append(None)
+                elif header[1] & 0x7F == 0 and not header[0] & 1:
                     expected.append(body)
                 elif header[1] & 0x7F == 0:
                     expected.append(None)  # a checksum to complete (or refuse): not compared
