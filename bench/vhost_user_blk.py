@@ -3,47 +3,82 @@
 One TCG guest gets two vhost-user-blk disks of the same size, each a raw image file on
 the same host filesystem: one served by ``devmodels vhost-user blk`` (a separate process),
 one by ``qemu-storage-daemon --export type=vhost-user-blk``. The guest tells them apart by
-their serial (GET_ID) and runs fio (libaio, O_DIRECT) on each, alternating disks: 4 KiB
-random read at queue depth 32, 1 MiB sequential read and 1 MiB sequential write, ``--runs``
-times each. The figures are medians over the runs; the ratio is ours / QSD.
+their serial (GET_ID) and runs fio (libaio, O_DIRECT) on each, alternating disks:
+``bench.common.FIO_JOBS`` (4 KiB random read at queue depth 32, 1 MiB sequential read and
+write), ``--runs`` times each. The figures are medians over the runs; the ratio is ours /
+QSD, over equally many runs of each. At each run's begin and end the bench reads the CPU
+time of the server serving that disk (``/proc``), for server CPU per I/O on both sides.
 
-Output: a table, or with ``--json`` one object with ``ours_iops``, ``peer_iops`` and
-``ratio`` for the 4k random read, and ``jobs`` with every job's medians and raw runs.
-Needs qemu-system-x86_64, qemu-storage-daemon and fio on the host (fio and its libraries are
-copied into the guest image).
+The guest boots under ``--qemu`` (7.2 by default; 11.1 drives vhost-user-blk-pci too) with
+``--smp``/``--maxcpus`` vCPUs: under 7.2 one online of two by default, because 7.2's TCG
+elides the guest's memory barriers when ``maxcpus`` is 1 and the event-idx driver then
+loses interrupts (``bench.common`` rule 5). A job that hangs or ends without a figure stops
+the bench with exit status 1, naming the job and the disk.
+
+Output: a table, or with ``--json`` one object: ``ours_iops``, ``peer_iops``, ``ratio`` and
+``ratio_runs`` (4k random read, when run), ``guest`` (QEMU version, vCPUs, barriers),
+``peer_server`` (the daemon's version), ``jobs`` (per job: medians, ``ratio`` and
+``ratio_runs``, every run, ``ours_server_cpu_us_per_io`` and ``peer_server_cpu_us_per_io``
+with their ``_runs``), and ``parameters``. Needs qemu-system-x86_64, qemu-storage-daemon and
+fio on the host (fio and its libraries are copied into the guest image).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "JOBS", "guest_script", "parse_results"]
+from .common import (
+    FIO_JOBS,
+    GUEST_FUNCTIONS,
+    Attachment,
+    GuestConfig,
+    GuestRuns,
+    GuestSession,
+    Health,
+    LauncherSession,
+    PerIoField,
+    Plan,
+    ProcessCpu,
+    Sampler,
+    add_guest_options,
+    end_process,
+    fio_append,
+    fio_deadlines,
+    fio_figure,
+    fio_guest_loop,
+    fio_summary,
+    fio_table,
+    guest_config,
+    make_image,
+    need,
+    processes_alive,
+    run_main,
+    watch,
+    workdir,
+)
 
+__all__ = ["main", "PATHS", "Params", "Booted", "boot", "guest_script", "summarize"]
+
+TEST = "bench-vhost-user-blk"
 OUR_SERIAL = "devmodels-bench"  # QSD's export has no serial: the other disk is the peer
-
-# name: (fio arguments, metric)
-JOBS: dict[str, tuple[str, str]] = {
-    "randread-4k-qd32": ("--rw=randread --bs=4k --iodepth=32 --norandommap --randrepeat=0", "iops"),
-    "seqread-1m": ("--rw=read --bs=1M --iodepth=8", "bw"),
-    "seqwrite-1m": ("--rw=write --bs=1M --iodepth=8", "bw"),
-}
+PATHS = (Attachment("vhost-user", ("7.2", "11.1"), "QEMU's vhost-user-blk-pci, our server in its own process"),)
+PER_IO = (
+    PerIoField("ours_server_cpu_us_per_io", "ours CPU us/IO", "ours", ("cpu_ns",), 1e-3, 1),
+    PerIoField("peer_server_cpu_us_per_io", "QSD CPU us/IO", "peer", ("cpu_ns",), 1e-3, 1),
+)
 
 
-def guest_script(runs: int, runtime: int, size_mb: int) -> str:
-    """The guest side: find both disks by serial, run every job ``runs`` times on each."""
-    lines = [
+def guest_script() -> str:
+    """The guest side: find both disks by serial, then ``fio_guest_loop``."""
+    find = "\n".join([
         "wait_for /dev/vdb 30",
         "ours=; peer=",
         "for d in /sys/block/vd*; do",
@@ -52,57 +87,34 @@ def guest_script(runs: int, runtime: int, size_mb: int) -> str:
         "done",
         'if [ -z "$ours" ] || [ -z "$peer" ]; then report bench.disks FAIL "ours=$ours peer=$peer"; exit 0; fi',
         'report bench.disks PASS "ours=$ours peer=$peer"',
-    ]
-    common = f"--ioengine=libaio --direct=1 --time_based --runtime={runtime} --size={size_mb}M --output-format=json"
-    for job, (args, _) in JOBS.items():
-        for run in range(runs):
-            for label in ("ours", "peer"):
-                lines += [
-                    f'echo "BENCH-BEGIN {label} {job} {run}"',
-                    f"/usr/bin/fio --name={job} --filename=${label} {common} {args} 2>&1",
-                    f'echo "BENCH-END {label} {job} {run}"',
-                ]
-    lines.append("report bench.done PASS")
-    return "\n".join(lines) + "\n"
+    ])
+    return GUEST_FUNCTIONS + find + "\n" + fio_guest_loop() + "report bench.done PASS\n"
 
 
-def parse_results(log: str) -> dict[str, dict[str, list[float]]]:
-    """``{job: {"ours": [...], "peer": [...]}}`` from the fio JSON blocks in the console log.
+@dataclass(frozen=True)
+class Params:
+    """What to run: runs per job and disk, seconds per run, disk size, jobs, and extra
+    arguments for our server."""
 
-    The metric is IOPS for random jobs and MB/s (10**6 bytes) for sequential ones.
-    """
-    out: dict[str, dict[str, list[float]]] = {job: {"ours": [], "peer": []} for job in JOBS}
-    block: list[str] | None = None
-    key: tuple[str, str] | None = None
-    for line in log.splitlines():
-        line = line.rstrip("\r")
-        if line.startswith("BENCH-BEGIN "):
-            _, label, job, _run = line.split()
-            block, key = [], (label, job)
-        elif line.startswith("BENCH-END ") and block is not None and key is not None:
-            text = "\n".join(block)
-            start = text.find("{")
-            try:
-                data = json.loads(text[start:]) if start >= 0 else None
-            except ValueError:
-                data = None
-            label, job = key
-            if data is not None and job in JOBS:
-                stats = data["jobs"][0]
-                side = stats["write"] if "write" in JOBS[job][0] else stats["read"]
-                value = side["iops"] if JOBS[job][1] == "iops" else side["bw_bytes"] / 1e6
-                out[job][label].append(float(value))
-            block, key = None, None
-        elif block is not None:
-            block.append(line)
-    return out
+    runs: int
+    runtime: int
+    size_mb: int
+    jobs: tuple[str, ...]
+    ours_args: tuple[str, ...] = ()
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise SystemExit(f"bench vhost-user-blk: {tool} not found (apt-get install qemu-system-x86 fio)")
-    return path
+@dataclass
+class Booted:
+    """A booted guest (``session``), the counters sampler, the servers' health, and what
+    serves the peer disk."""
+
+    session: GuestSession
+    sampler: Sampler | None = None
+    health: Health | None = None
+    peer_server: str = "qemu-storage-daemon"
+
+
+Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]
 
 
 def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -115,49 +127,48 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float =
         time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _version(tool: str) -> str:
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30, check=False,
+                             stdin=subprocess.DEVNULL).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out[2] if len(out) > 2 and out[1] == "version" else "?"
 
 
-def run(runs: int, runtime: int, size_mb: int, workdir: Path, ours_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Boot the guest once and return the parsed results (see ``parse_results``)."""
+@contextlib.contextmanager
+def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
+    """Build the image, start both servers and QEMU; yield the booted guest; end them all."""
     from harness.guest import ImageBuilder
     from harness.qemu.launcher import QemuLauncher
 
-    qsd = _need("qemu-storage-daemon")
-    _need("qemu-system-x86_64")
-    fio = _need("fio")
+    qsd = need("qemu-storage-daemon", "vhost-user-blk", "qemu-system-x86")
+    fio = need("fio", "vhost-user-blk", "fio")
+    reason = config.qemu.unavailable()
+    if reason is not None:
+        raise SystemExit(f"bench vhost-user-blk: {reason}")
     builder = ImageBuilder()
     builder.add_binary_with_libs(Path(fio), "/usr/bin/fio")
-    builder.add_test("bench-vhost-user-blk", guest_script(runs, runtime, size_mb))
+    builder.add_test(TEST, guest_script())
     image = builder.build(progress=False)
-    ours_img, peer_img = workdir / "ours.img", workdir / "peer.img"
+    ours_img, peer_img = work / "ours.img", work / "peer.img"
     for img in (ours_img, peer_img):
-        with open(img, "wb") as f:
-            block = os.urandom(1 << 20)
-            for _ in range(size_mb):
-                f.write(block)
-    ours_sock, peer_sock = workdir / "ours.sock", workdir / "peer.sock"
+        make_image(img, params.size_mb)
+    ours_sock, peer_sock = work / "ours.sock", work / "peer.sock"
     with contextlib.ExitStack() as stack:
         ours = subprocess.Popen(
             [sys.executable, "-m", "devmodels", "vhost-user", "blk", "--socket", str(ours_sock), "--image",
-             str(ours_img), "--serial", OUR_SERIAL, *ours_args],
+             str(ours_img), "--serial", OUR_SERIAL, *params.ours_args],
             stdin=subprocess.DEVNULL,
         )
-        stack.callback(_stop, ours)
+        stack.callback(end_process, ours)
         peer = subprocess.Popen(
             [qsd, "--blockdev", f"driver=file,node-name=disk,filename={peer_img}",
              "--export", f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={peer_sock},writable=on",
              ],
             stdin=subprocess.DEVNULL,
         )
-        stack.callback(_stop, peer)
+        stack.callback(end_process, peer)
         _wait_for_socket(ours_sock, ours)
         _wait_for_socket(peer_sock, peer)
         args = [
@@ -166,54 +177,55 @@ def run(runs: int, runtime: int, size_mb: int, workdir: Path, ours_args: Sequenc
             "-chardev", f"socket,id=peer,path={peer_sock}",
             "-device", "vhost-user-blk-pci,chardev=peer,num-queues=1",
         ]
-        launcher = QemuLauncher.for_image(image, args=args, test="bench-vhost-user-blk", shared_memory=True,
-                                          memory_mb=512)
-        with launcher:
-            # fio's own start-up and the guest's TCG overhead come on top of each run's
-            # runtime; a loaded host stretches both, so the bound is generous.
-            result = launcher.wait(120.0 + 2 * len(JOBS) * runs * (runtime + 30))
-    if "bench.disks" not in result.checks or not result.checks["bench.disks"][0]:
-        raise SystemExit(f"bench vhost-user-blk: the guest did not find both disks\n{result.summary()}")
-    return parse_results(result.log)
+        append = fio_append(runs=params.runs, runtime=params.runtime, size_mb=params.size_mb, jobs=params.jobs)
+        launcher = stack.enter_context(QemuLauncher.for_image(
+            image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
+            qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
+        yield Booted(LauncherSession(launcher), ProcessCpu({"ours": ours.pid, "peer": peer.pid}),
+                     processes_alive({"ours": ours, "peer": peer}), f"qemu-storage-daemon {_version(qsd)}")
 
 
-def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """Medians and ratios per job, and the headline 4k random read figures."""
-    jobs = {}
-    for job, sides in results.items():
-        ours = statistics.median(sides["ours"]) if sides["ours"] else None
-        peer = statistics.median(sides["peer"]) if sides["peer"] else None
-        jobs[job] = {
-            "metric": "iops" if JOBS[job][1] == "iops" else "MB/s",
-            "ours": ours,
-            "peer": peer,
-            "ratio": (ours / peer) if ours and peer else None,
-            "ours_runs": sides["ours"],
-            "peer_runs": sides["peer"],
-        }
-    head = jobs.get("randread-4k-qd32", {"ours": None, "peer": None, "ratio": None})
-    return {"ours_iops": head["ours"], "peer_iops": head["peer"], "ratio": head["ratio"], "jobs": jobs}
+def summarize(booted: Booted, config: GuestConfig, params: Params, boot_runs: GuestRuns) -> dict[str, Any]:
+    """The JSON summary of one boot's runs (``bench.common.fio_summary`` plus the setting)."""
+    summary = fio_summary(boot_runs, params.jobs, PER_IO)
+    summary["guest"] = config.as_json(boot_runs.qemu_version)
+    summary["peer_server"] = booted.peer_server
+    summary["parameters"] = {"runs": params.runs, "runtime": params.runtime, "size_mb": params.size_mb,
+                             "jobs": list(params.jobs), "ours_args": list(params.ours_args)}
+    return summary
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    """Run the benchmark; print a table or JSON."""
+def _text(summary: dict[str, Any], config: GuestConfig) -> list[str]:
+    return [f"guest: {config.describe(summary['guest']['qemu'])}",
+            f"peer: {summary['peer_server']}",
+            *fio_table(summary["jobs"], "QSD", PER_IO)]
+
+
+def main(argv: Sequence[str] = (), boot: Boot = boot) -> int:
+    """Run the benchmark; print a table or JSON; 1 when any run failed (``bench.common``)."""
     parser = argparse.ArgumentParser(prog="python -m bench vhost-user-blk", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--runs", type=int, default=3, help="runs per job and disk (default 3)")
     parser.add_argument("--runtime", type=int, default=5, help="seconds per fio run (default 5)")
     parser.add_argument("--size-mb", type=int, default=256, help="disk size in MiB (default 256)")
+    parser.add_argument("--jobs", default=",".join(FIO_JOBS), help=f"comma-separated subset of {', '.join(FIO_JOBS)}")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra argument for devmodels vhost-user blk")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep images and the console log here (default: a temporary directory)")
+    add_guest_options(parser, PATHS)
     args = parser.parse_args(list(argv))
-    with tempfile.TemporaryDirectory(prefix="devmodels-bench-") as tmp:
-        summary = summarize(run(args.runs, args.runtime, args.size_mb, Path(tmp), args.ours_arg))
-    summary["parameters"] = {"runs": args.runs, "runtime": args.runtime, "size_mb": args.size_mb}
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"{'job':<18} {'metric':<6} {'devmodels':>10} {'QSD':>10} {'ratio':>6}")
-    for job, row in summary["jobs"].items():
-        ours = f"{row['ours']:.0f}" if row["ours"] is not None else "-"
-        peer = f"{row['peer']:.0f}" if row["peer"] is not None else "-"
-        ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
-        print(f"{job:<18} {row['metric']:<6} {ours:>10} {peer:>10} {ratio:>6}")
-    return 0
+    jobs = tuple(j.strip() for j in args.jobs.split(",") if j.strip())
+    if not jobs or any(j not in FIO_JOBS for j in jobs) or min(args.runs, args.runtime, args.size_mb) <= 0:
+        parser.error(f"bad --jobs {list(jobs)} or a non-positive --runs/--runtime/--size-mb")
+    config = guest_config(parser, args, PATHS)
+    params = Params(args.runs, args.runtime, args.size_mb, jobs, tuple(args.ours_arg))
+
+    def body() -> tuple[dict[str, Any], list[str]]:
+        with workdir(args.workdir, "devmodels-bench-vub-") as work, boot(config, params, work) as booted:
+            runs = watch(booted.session, Plan.interleaved(("ours", "peer"), jobs, params.runs), fio_figure,
+                         fio_deadlines(params.runtime), sampler=booted.sampler, health=booted.health)
+            summary = summarize(booted, config, params, runs)
+        return summary, _text(summary, config)
+
+    return run_main("vhost-user-blk", args.json, body, config)
+
