@@ -53,7 +53,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,12 @@ class Params:
 
 @dataclass
 class Booted:
-    """A booted guest (``session``), the sampler of our server's counters, its health."""
+    """A booted guest (``session``), the sampler of our server's counters, its health and log."""
 
     session: GuestSession
     sampler: Sampler | None = None
     health: Health | None = None
+    logs: dict[str, Path] = field(default_factory=dict)
 
 
 Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]
@@ -222,7 +223,7 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
             image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
             pass_fds=[theirs.fileno()], qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
         yield Booted(LauncherSession(launcher), MpqemuStats(server.pid, server_log),
-                     processes_alive({"ours": server}, {"ours": server_log}))
+                     processes_alive({"ours": server}, {"ours": server_log}), {"ours": server_log})
 
 
 _ABAR = 0xFEBF_0000
@@ -420,7 +421,8 @@ def main(argv: Sequence[str] = (), boot: Boot = boot) -> int:
     def body() -> tuple[dict[str, Any], list[str]]:
         with workdir(args.workdir, "devmodels-bench-ahci-") as work, boot(config, params, work) as booted:
             runs = watch(booted.session, Plan.interleaved(("ours", "peer"), jobs, params.runs), fio_figure,
-                         fio_deadlines(params.runtime), sampler=booted.sampler, health=booted.health)
+                         fio_deadlines(params.runtime), sampler=booted.sampler, health=booted.health,
+                         logs=booted.logs)
             lost = booted.sampler.lost if booted.sampler is not None else None
         summary = summarize(runs, config, params, lost)
         return summary, _text(summary, config)

@@ -378,12 +378,25 @@ class _Watch:
         return self.at(left[0], f"did not start within {d.gap:g} s of the previous job; QEMU killed")
 
 
+def _detail(result: BootResult, logs: Mapping[str, Path] | None, lines: int = 20) -> str:
+    """The boot's summary and the last ``lines`` of each server log."""
+    parts = [result.summary()]
+    for side, path in (logs or {}).items():
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            tail = [f"(unreadable: {exc})"]
+        parts.append(f"--- {side} server log ({path.name}) ---\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def watch(session: GuestSession, plan: Plan, figure: Callable[[Run], Figure], deadlines: Deadlines, *,
-          sampler: Sampler | None = None, health: Health | None = None, poll: float = 1.0,
-          clock: Callable[[], float] = time.monotonic) -> GuestRuns:
+          sampler: Sampler | None = None, health: Health | None = None, logs: Mapping[str, Path] | None = None,
+          poll: float = 1.0, clock: Callable[[], float] = time.monotonic) -> GuestRuns:
     """Follow a booted guest through ``plan`` (rules 1, 2, 4); QEMU is ended on every path.
 
-    ``health`` is polled every ``poll`` s until the last job has ended.
+    ``health`` is polled every ``poll`` s until the last job has ended. A failure's detail
+    holds the end of the console and of each server's log in ``logs`` (by side).
 
     Raises:
         BenchFailure: a job hung or failed, a run had no figure, a ``bench.*`` check failed,
@@ -414,15 +427,15 @@ def watch(session: GuestSession, plan: Plan, figure: Callable[[Run], Figure], de
     finally:
         result = session.finish()
     if failure is not None:
-        raise failure.with_detail(result.summary())
+        raise failure.with_detail(_detail(result, logs))
     left = state.missing()
     if left:
         raise state.at(left[0], f"never ran: the guest stopped first ({len(left)} of {len(plan.keys)} runs "
-                                f"missing; QEMU exit status {result.exit_code})").with_detail(result.summary())
+                                f"missing; QEMU exit status {result.exit_code})").with_detail(_detail(result, logs))
     done = result.checks.get(DONE_CHECK)
     if done is None or not done[0] or not result.done:
         raise BenchFailure(f"the guest did not finish: {DONE_CHECK} {'missing' if done is None else 'failed'}, "
-                           f"{DONE_MARKER} {'seen' if result.done else 'missing'}", detail=result.summary())
+                           f"{DONE_MARKER} {'seen' if result.done else 'missing'}", detail=_detail(result, logs))
     return GuestRuns(plan, state.figures, state.counters, result, session.qemu_version)
 
 

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,14 @@ class Params:
 
 @dataclass
 class Booted:
-    """A booted guest (``session``), the counters sampler, the servers' health, and what
-    serves the peer disk."""
+    """A booted guest (``session``), the counters sampler, the servers' health, what serves
+    the peer disk, and the servers' logs by side."""
 
     session: GuestSession
     sampler: Sampler | None = None
     health: Health | None = None
     peer_server: str = "qemu-storage-daemon"
+    logs: dict[str, Path] = field(default_factory=dict)
 
 
 Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]
@@ -156,17 +157,18 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
         make_image(img, params.size_mb)
     ours_sock, peer_sock = work / "ours.sock", work / "peer.sock"
     with contextlib.ExitStack() as stack:
+        logs = {"ours": work / "ours.log", "peer": work / "peer.log"}
         ours = subprocess.Popen(
             [sys.executable, "-m", "devmodels", "vhost-user", "blk", "--socket", str(ours_sock), "--image",
              str(ours_img), "--serial", OUR_SERIAL, *params.ours_args],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=stack.enter_context(open(logs["ours"], "wb")), stderr=subprocess.STDOUT,
         )
         stack.callback(end_process, ours)
         peer = subprocess.Popen(
             [qsd, "--blockdev", f"driver=file,node-name=disk,filename={peer_img}",
              "--export", f"type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={peer_sock},writable=on",
              ],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stdout=stack.enter_context(open(logs["peer"], "wb")), stderr=subprocess.STDOUT,
         )
         stack.callback(end_process, peer)
         _wait_for_socket(ours_sock, ours)
@@ -182,7 +184,7 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
             image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
             qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
         yield Booted(LauncherSession(launcher), ProcessCpu({"ours": ours.pid, "peer": peer.pid}),
-                     processes_alive({"ours": ours, "peer": peer}), f"qemu-storage-daemon {_version(qsd)}")
+                     processes_alive({"ours": ours, "peer": peer}, logs), f"qemu-storage-daemon {_version(qsd)}", logs)
 
 
 def summarize(booted: Booted, config: GuestConfig, params: Params, boot_runs: GuestRuns) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] = (), boot: Boot = boot) -> int:
     parser.add_argument("--jobs", default=",".join(FIO_JOBS), help=f"comma-separated subset of {', '.join(FIO_JOBS)}")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra argument for devmodels vhost-user blk")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep images and the console log here (default: a temporary directory)")
+                        help="keep images, console and server logs here (default: a temporary directory)")
     add_guest_options(parser, PATHS)
     args = parser.parse_args(list(argv))
     jobs = tuple(j.strip() for j in args.jobs.split(",") if j.strip())
@@ -223,7 +225,8 @@ def main(argv: Sequence[str] = (), boot: Boot = boot) -> int:
     def body() -> tuple[dict[str, Any], list[str]]:
         with workdir(args.workdir, "devmodels-bench-vub-") as work, boot(config, params, work) as booted:
             runs = watch(booted.session, Plan.interleaved(("ours", "peer"), jobs, params.runs), fio_figure,
-                         fio_deadlines(params.runtime), sampler=booted.sampler, health=booted.health)
+                         fio_deadlines(params.runtime), sampler=booted.sampler, health=booted.health,
+                         logs=booted.logs)
             summary = summarize(booted, config, params, runs)
         return summary, _text(summary, config)
 

@@ -66,15 +66,17 @@ def _failure(guest: FakeGuest, **kwargs: object) -> c.BenchFailure:
     return exc.value
 
 
-def test_a_hung_job_is_named_and_qemu_is_killed() -> None:
+def test_a_hung_job_is_named_and_qemu_is_killed(tmp_path: Path) -> None:
     lines = _lines(upto=5) + ["BENCH-BEGIN peer seqwrite-1m 0", "fio: still running"]
+    (tmp_path / "peer.log").write_text("vhost vring error\n")
     t0 = time.monotonic()
-    failure = _failure(FakeGuest(lines, then="hang"))
+    failure = _failure(FakeGuest(lines, then="hang"), logs={"peer": tmp_path / "peer.log"})
     assert time.monotonic() - t0 < 5.0
     assert (failure.job, failure.side, failure.run) == ("seqwrite-1m", "peer", 0)
     assert "hung" in failure.reason
     assert failure.describe().startswith("guest job seqwrite-1m on peer (run 1 of 2): hung")
-    assert "fio: still running" in failure.detail  # the console tail goes with it
+    assert "fio: still running" in failure.detail  # the console tail goes with it, and the servers'
+    assert "--- peer server log (peer.log) ---\nvhost vring error" in failure.detail
 
 
 def test_qemu_exiting_during_a_job_names_that_job() -> None:
