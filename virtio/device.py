@@ -98,6 +98,7 @@ _tp_queue_ignored = tracepoint("virtio.queue_ignored")
 _tp_notify_ignored = tracepoint("virtio.notify_ignored")
 _tp_config_ignored = tracepoint("virtio.config_ignored")
 _tp_push_dropped = tracepoint("virtio.push_dropped")
+_tp_recheck = tracepoint("virtio.recheck")
 
 
 class QueueArea:
@@ -679,15 +680,20 @@ class VirtioDevice(ServedDeviceDefaults):
         no push sent (``Virtqueue.notification_owed``), then process buffers made available
         without a notification when the device awaits them (``awaits_buffers``). A serving
         loop calls this once per batch of events and once more when it goes idle; each call
-        reads a few ring fields per queue and pops at most ``budget`` chains per queue.
+        reads a few ring fields per queue and pops at most ``budget`` chains per queue. What
+        it catches is traced (``virtio.recheck``).
         """
         memory = self.memory
         for index, queue in enumerate(self.queues):
             if not self.queue_live(index):
                 continue
             if queue.notification_owed(memory):
+                if _tp_recheck.on:
+                    _tp_recheck.emit(device=self.name, queue=index, caught="used notification owed")
                 self.transport.signal_used(index)
             if not queue.broken and self.awaits_buffers(index) and queue.has_available(memory):
+                if _tp_recheck.on:
+                    _tp_recheck.emit(device=self.name, queue=index, caught="buffers without a notification")
                 self.notify_queue(index)
             if queue.broken and not self.broken:
                 self._queue_broke(index)

@@ -210,16 +210,18 @@ class VhostUserServer:
                 key.data()
             session = self.session
             if session is not None:
+                active = bool(events) or bool(session.busy)
                 if session.busy:
                     session.run_busy()
                 if session.polling:
                     session.poll()
-                self._recheck(session, bool(events))
+                self._recheck(session, active)
                 session.flush_calls()
             self._sync()
 
     def _recheck(self, session: VhostUserSession, active: bool) -> None:
-        """Rule 5: recheck when due or when the loop woke idle; arm the next after activity."""
+        """Rule 5: recheck when due or when the loop woke idle (no event, no ring with work
+        left); arm the next one after activity."""
         now = time.monotonic()
         if not active or (self._recheck_at is not None and now >= self._recheck_at):
             session.recheck()

@@ -277,7 +277,8 @@ class VhostUserSession:
             _signal(vring.err_fd)
 
     def recheck(self) -> None:
-        """Catch up with late suppression stores of the driver (rule 4), once per loop batch."""
+        """Catch up with late suppression stores of the driver (rule 4); the server calls it
+        when due (``backend`` rule 5)."""
         if not any(v.running for v in self.vrings):
             return
         device = self.device
