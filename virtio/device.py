@@ -44,6 +44,13 @@ Rules:
    serving loop send a used buffer notification still owed and process buffers made
    available without a notification, bounded by one pass over the queues per call.
 
+10. Served by a loop (``devmodels.runtime.ServedDevice``): a notification marks the device
+    as having posted work; ``run_posted`` (which the loop runs after the access is answered)
+    processes queues whose budget ran out and calls ``recheck`` once, and asks, through
+    ``next_deadline``/``tick``, for one more ``recheck`` ``IDLE_RECHECK_NS`` later — the
+    "once more when idle" of rule 9, on the loop's clock, never the device's own. Devices
+    with backends add their descriptors, waker and completions (virtio-blk, virtio-net).
+
 Hostile guests: no guest action (register write, descriptor, ring index, address) and no
 message a VMM peer sends may end a server process or stall its rings beyond a stated
 bound. Malformed input gets the architected behaviour (DEVICE_NEEDS_RESET, an error
@@ -261,6 +268,9 @@ class VirtioDevice(ServedDeviceDefaults):
         self.budget = budget
         self._queue_factory: QueueFactory = queue_factory or _default_queue_factory
         self.pending: set[int] = set()
+        self._notified = False  # a notification arrived since the last run_posted (rule 10)
+        self._now_ns = 0  # the loop's clock, from tick (rule 10)
+        self._idle_recheck_at: int | None = None
         self.config = bytearray(config)
         self.transport: Transport = NullTransport()
         self._attached = False
@@ -514,7 +524,7 @@ class VirtioDevice(ServedDeviceDefaults):
         if _tp_status.on:
             _tp_status.emit(
                 device=self.name, before=status_names(before), written=value,
-                effect=effect.value, after=status_names(self.status),
+                effect=effect.value, after=status_names(self.status), features=self.features.negotiated,
             )
 
     def _negotiate(self, after: int) -> None:
@@ -717,6 +727,7 @@ class VirtioDevice(ServedDeviceDefaults):
                 _tp_notify_ignored.emit(device=self.name, queue=index, status=status_names(self.status))
             self.pending.discard(index)
             return False
+        self._notified = True
         try:
             more = self.on_queue_notify(index)
         except GuestError as exc:
@@ -737,6 +748,37 @@ class VirtioDevice(ServedDeviceDefaults):
         for index in sorted(self.pending):
             self.notify_queue(index)
         return bool(self.pending)
+
+    # -- serving (devmodels.runtime.ServedDevice, rule 10) ------------------------------------
+
+    IDLE_RECHECK_NS: ClassVar[int] = 1_000_000
+    """How long after a batch of work the device checks its queues once more (rule 10)."""
+
+    @property
+    def posted(self) -> bool:
+        """Queues whose budget ran out, or a notification not yet followed by ``recheck``."""
+        return self._notified or bool(self.pending)
+
+    def run_posted(self) -> bool:
+        """Process the queues left over, then ``recheck`` (rule 10); whether there was work."""
+        worked = self._notified or bool(self.pending)
+        self._notified = False
+        self.run_pending()
+        self.recheck()
+        if worked:
+            self._idle_recheck_at = self._now_ns + self.IDLE_RECHECK_NS
+        return worked
+
+    def tick(self, now_ns: int) -> None:
+        """The loop's clock; the idle ``recheck`` runs when it is due (rule 10)."""
+        self._now_ns = now_ns
+        if self._idle_recheck_at is not None and now_ns >= self._idle_recheck_at:
+            self._idle_recheck_at = None
+            self.recheck()
+
+    def next_deadline(self) -> int | None:
+        """When the idle ``recheck`` is due (rule 10)."""
+        return self._idle_recheck_at
 
     # -- transport entry points: configuration -----------------------------------------------
 
@@ -785,6 +827,8 @@ class VirtioDevice(ServedDeviceDefaults):
         self.status = 0
         self.error = None
         self.pending.clear()
+        self._notified = False
+        self._idle_recheck_at = None
         self.features.reset()
         self.device_feature_select = self.driver_feature_select = self.queue_select = 0
         if self._packed:

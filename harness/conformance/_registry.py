@@ -26,6 +26,7 @@ PROVIDERS: list[str] = [
     "harness.conformance.cases.e1000:cases",
     "harness.conformance.cases.ahci:cases",
     "harness.conformance.cases.e1000_tap:cases",
+    "harness.conformance.cases.virtio_pci:cases",
 ]
 
 

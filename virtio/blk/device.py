@@ -20,7 +20,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -432,6 +432,21 @@ class VirtioBlkDevice(VirtioDevice):
             stats.discards += 1
         else:
             stats.write_zeroes += 1
+
+    # -- serving (devmodels.runtime.ServedDevice) --------------------------------------------
+
+    def bind_waker(self, wake: Callable[[], None] | None) -> None:
+        """The backend announces completions through ``wake`` (its ``set_notify`` hook)."""
+        self.backend.set_notify(wake)
+
+    def run_posted(self) -> bool:
+        """Collect completions, then the base class's posted work and recheck."""
+        finished = self.process_completions()
+        return super().run_posted() or bool(finished)
+
+    def quiesce(self) -> None:
+        """Complete every request in flight (``drain``) so that ``state()`` can be taken."""
+        self.drain()
 
     def drain(self) -> None:
         """Wait for every submitted request and complete it (rule 1's one wait)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +200,7 @@ class VirtioNetDevice(VirtioDevice):
         if not isinstance(rx_hold, int) or rx_hold < 1:
             raise UsageError(f"rx_hold must be a positive integer, got {rx_hold!r}")
         self.backend = backend
+        self._waker: Callable[[], None] | None = None  # bound while a loop serves us
         self.stats = NetStats()
         self.max_pairs = queue_pairs
         self.mtu = mtu
@@ -431,6 +433,34 @@ class VirtioNetDevice(VirtioDevice):
             _tp_tx_drop.emit(device=self.name, queue=index, head=chain.head, reason=reason)
 
     # -- receive (rules 2, 5) --------------------------------------------------------------------
+
+    # -- serving (devmodels.runtime.ServedDevice) --------------------------------------------
+
+    def bind_waker(self, wake: Callable[[], None] | None) -> None:
+        """A backend without a descriptor announces frames through ``wake``."""
+        if self.backend.fileno() is None:
+            self._waker = wake
+            self.backend.set_notify(wake)
+
+    def watched_fds(self) -> Mapping[int, Callable[[], None]]:
+        """The backend's descriptor, only while the device wants frames (rule 2)."""
+        fd = self.backend.fileno()
+        return {fd: self._rx_ready} if fd is not None and self.wants_rx else {}
+
+    def _rx_ready(self) -> None:
+        self.poll_rx()
+
+    def run_posted(self) -> bool:
+        """The base class's posted work and recheck; frames a descriptor-less backend
+        announced through the waker."""
+        worked = super().run_posted()
+        if self._waker is not None and self.wants_rx:
+            worked = bool(self.poll_rx()) or worked
+        return worked
+
+    def quiesce(self) -> None:
+        """Return unfilled receive chains and drop held frames (``flush_rx``)."""
+        self.flush_rx()
 
     def poll_rx(self, limit: int = 64) -> int:
         """Take up to ``limit`` frames from the backend (as room allows) and deliver what the

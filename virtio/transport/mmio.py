@@ -30,6 +30,7 @@ from devmodels._regs import Access, Reg, RegisterFile
 from devmodels._state import check_int, check_type, check_version
 from devmodels._trace import tracepoint
 
+from ._serving import ServedThroughDevice
 from ..defs import (
     VIRTIO_F_NOTIFICATION_DATA,
     VIRTIO_MMIO_CONFIG,
@@ -93,7 +94,7 @@ class VirtioMmioState:
 _STATE_VERSION = 1
 
 
-class VirtioMmioDevice:
+class VirtioMmioDevice(ServedThroughDevice):
     """A virtio-mmio (version 2) register window around ``device``.
 
     Args:

@@ -40,6 +40,7 @@ from devmodels._trace import tracepoint
 from devmodels.pci import BarKind, PciFunction, PciFunctionState
 from devmodels.pci._defs import PCI_CAP_ID_VNDR
 
+from ._serving import ServedThroughDevice
 from ..defs import (
     VIRTIO_ID_BLOCK,
     VIRTIO_ID_CONSOLE,
@@ -149,7 +150,7 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-class VirtioPciFunction(PciFunction):
+class VirtioPciFunction(ServedThroughDevice, PciFunction):
     """A modern virtio PCI function around ``device``.
 
     Args:

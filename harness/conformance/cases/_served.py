@@ -120,6 +120,7 @@ class ServedCase:
         self._append = [*(POLLED_INTX_APPEND if proxied else ()), *append]
         self.required_checks = frozenset(required_checks) | {"host.server"} | ({"irq.delivered"} if irq_lines else set())
         self.server_log: Path | None = None
+        self.server_env: dict[str, str] = {}  # more environment for the server (DEVMODELS_TRACE, ...)
         self._server: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,6 +151,7 @@ class ServedCase:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.server_env)
         server = subprocess.Popen([sys.executable, "-m", "devmodels", *argv], pass_fds=pass_fds,
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._server = server
