@@ -13,8 +13,10 @@ Ops:
 - region 0 is a queue-programming window (what a transport does to a queue):
   ``0x00`` size, ``0x08`` descriptor area, ``0x10`` driver area, ``0x18`` device area
   (64-bit; narrower writes set those bytes), ``0x20`` flags (bit 0 ready, 1 EVENT_IDX,
-  2 IN_ORDER, 3 INDIRECT_DESC), ``0x28`` notification (bit 0: enable, else disable),
-  ``0x30`` any write resets the queue. Reads return the field;
+  2 IN_ORDER, 3 INDIRECT_DESC), ``0x28`` notification (bit 0: enable, else disable;
+  with bit 1 instead: ``notification_owed`` and ``has_available``, compared; with bit 2:
+  ``rewind`` of the last ``(value >> 8) & 0xFF`` chains popped and not pushed, at most
+  as many as there are), ``0x30`` any write resets the queue. Reads return the field;
 - ``NOTIFY q``: ``pop_batch`` with a budget of ``q % 33``;
 - ``BACKEND event, arg``: ``push_batch`` of ``1 + event % 8`` held chains: in pop order
   under IN_ORDER, else picked by the bytes of ``arg``; written lengths complete
@@ -58,6 +60,7 @@ class _Side:
         self.memory = memory
         self.queue = Virtqueue(MAX_SIZE, packed=packed, ring=ring, name=ring.__module__)
         self.held: list[Any] = []
+        self.tail: list[Any] = []  # the last chains popped, in order, none pushed since (rewindable)
 
 
 class QueueWindow:
@@ -87,6 +90,13 @@ class QueueWindow:
         rig = self._rig
         if field == _RESET:
             rig.reset()
+            return
+        if field == _NOTIFY and value & 4:
+            rig.rewind((value >> 8) & 0xFF)
+            return
+        if field == _NOTIFY and value & 2:
+            rig.both("recheck", lambda side: (side.queue.notification_owed(side.memory),
+                                              side.queue.has_available(side.memory)))
             return
         if field == _NOTIFY:
             rig.both("notification", lambda side: _notification(side, bool(value & 1)))
@@ -192,6 +202,7 @@ class RingRig(Rig):
         def pop(side: _Side) -> list[Any]:
             chains = side.queue.pop_batch(side.memory, budget)
             side.held.extend(chains)
+            side.tail.extend(chains)
             return [c.to_tuple() for c in chains]
 
         self.both("pop_batch", pop)
@@ -231,6 +242,10 @@ class RingRig(Rig):
                 item = chain.head if mode == 3 and chain.head < side.queue.size else chain
                 entries.append((item, written))
             notify = side.queue.push_batch(side.memory, entries)
+            pushed = [side.held[i] for i in picks]
+            for chain in pushed:
+                if any(chain is c for c in side.tail):
+                    side.tail = side.tail[next(k for k, c in enumerate(side.tail) if c is chain) + 1 :]
             for i in sorted(picks, reverse=True):
                 del side.held[i]
             return notify
@@ -249,6 +264,7 @@ class RingRig(Rig):
             if side.queue.state() != before:
                 raise Finding("snapshot", "restore(state()) changed the queue state")
             side.held = [c if isinstance(c, int) else c.head for c in side.held]
+            side.tail = []
             return before
 
         self.both("snapshot", roundtrip)
@@ -258,7 +274,22 @@ class RingRig(Rig):
         for side in self.sides:
             side.queue.reset()
             side.held.clear()
+            side.tail.clear()
         self.compare("reset")
+
+    def rewind(self, count: int) -> None:
+        """``rewind`` of the last ``count`` chains popped and not pushed, in both."""
+        count = min(count, len(self.sides[0].tail))
+
+        def give_back(side: _Side) -> bool:
+            chains = side.tail[len(side.tail) - count :]
+            done = side.queue.rewind(chains)
+            if done:
+                side.tail = side.tail[: len(side.tail) - count]
+                side.held = [c for c in side.held if not any(c is g for g in chains)]
+            return done
+
+        self.both("rewind", give_back)
 
     def health_check(self) -> None:
         """One chain through a freshly laid-out ring, identically in both."""
