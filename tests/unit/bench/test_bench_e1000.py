@@ -1,37 +1,121 @@
-"""``bench/e1000.py``: parsing the guest's lines, medians and ratios, and the per-access
-benchmark against the real server process (no guest, no root)."""
+"""``bench/e1000.py``: the per-run figures, the bench end to end with fake guests and a fake
+sink at its boot seam (ratios with run counts; a run without a figure fails naming the job
+and the mode), and the per-access benchmark against the real server process (no guest, no
+root)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from bench import common
 from bench import e1000 as b
+from bench.testing import FakeGuest, finished, framed
+
+PARAMS = b.Params(runs=3, count=2000, mib=20)
 
 
-def test_parse_log_reads_bench_lines_only() -> None:
-    log = "\n".join([
-        "noise BENCH ping 0 1 2 3",
-        "BENCH ping 0 1000000000 2000000000 2000\r",
-        "BENCH tcp 0 3000000000 4000000000 0 12",
-        "BENCH tcp 1 3000000000 4000000000 0",
-        "BENCH ping 1 x 2 3",
-        "BENCH udp 0 1 2 3",
-    ])
-    assert b.parse_log(log) == {
-        "ping": [{"run": 0, "t0": 1_000_000_000, "t1": 2_000_000_000, "received": 2000}],
-        "tcp": [{"run": 0, "t0": 3_000_000_000, "t1": 4_000_000_000, "rc": 0, "retrans": 12}],
-    }
+def _run(job: str, output: list[str], status: int = 0) -> common.Run:
+    return common.Run("ours", job, 0, status, tuple(output), 1.0)
 
 
-def test_summarize_medians_and_ratios() -> None:
-    modes = {
-        "ours": {"pps_runs": [200.0, 240.0, 100.0], "mbps_runs": [10.0, 12.0, 11.0]},
-        "peer": {"pps_runs": [4000.0, 4200.0, 3800.0], "mbps_runs": [5.0, 5.5, 6.0]},
-    }
-    s = b.summarize(modes)
-    assert (s["ours_pps"], s["peer_pps"], s["ours_mbps"], s["peer_mbps"]) == (200.0, 4000.0, 11.0, 5.5)
-    assert s["ratio"] == pytest.approx(0.05) and s["mbps_ratio"] == pytest.approx(2.0)
-    assert s["peer_polled_pps"] is None and s["ratio_polled"] is None
+def test_echo_and_tcp_figures_come_from_their_own_run() -> None:
+    figure = b.figure(PARAMS)
+    assert figure(_run("echo", ["PING 10.0.3.1", "ECHO 1000000000 2000000000 2000"])) == common.Figure(2000.0, 2000)
+    tcp = figure(_run("tcp", ["TCP 3000000000 4000000000 12"]))
+    assert tcp.value == pytest.approx((20 << 20) / 1e6) and tcp.extra == {"retrans": 12}
+
+
+@pytest.mark.parametrize(("job", "output", "status", "words"), [
+    ("echo", ["ECHO 1000000000 2000000000 1990"], 1, "10 of 2000 echo requests unanswered"),
+    ("echo", ["ping: sendto: Network unreachable"], 2, "no ECHO line"),
+    ("echo", ["ECHO 5 5 2000"], 0, "clock"),
+    ("tcp", ["TCP 3000000000 4000000000 0"], 1, "nc exited with status 1"),
+    ("tcp", [], 0, "no TCP line"),
+])
+def test_a_run_without_a_figure_is_refused(job: str, output: list[str], status: int, words: str) -> None:
+    with pytest.raises(common.RunFailed, match=words):
+        b.figure(PARAMS)(_run(job, output, status))
+
+
+def _guest(mode: str, params: b.Params, broken: tuple[str, int, list[str], int] | None = None) -> list[str]:
+    rate = {"ours": 2_000_000_000, "peer": 100_000_000, "peer-polled": 1_000_000_000}[mode]  # ns per echo run
+    lines = ["DEVMODELS-CHECK bench.bound PASS 0000:00:03.0 e1000", "DEVMODELS-CHECK bench.ping PASS"]
+    for side, job, run in params.plan(mode).keys:
+        if broken is not None and (job, run) == broken[:2]:
+            lines += framed(side, job, run, broken[2], broken[3])
+        elif job == "echo":
+            lines += framed(side, job, run, [f"ECHO 0 {rate + run} {params.count}"])
+        else:
+            lines += framed(side, job, run, ["TCP 0 1000000000 0"])
+    return [*lines, *finished()]
+
+
+def _boot(broken: dict[str, tuple[str, int, list[str], int]] | None = None, sink_bytes: int | None = None
+          ) -> Callable[..., contextlib.AbstractContextManager[b.Booted]]:
+    @contextlib.contextmanager
+    def boot(mode: str, config: common.GuestConfig, params: b.Params, work: Path, image: Any) -> Iterator[b.Booted]:
+        assert image == "image"
+        speed = {"ours": 2, "peer": 1, "peer-polled": 1}[mode]  # ours sends twice as fast
+
+        def received(count: int, timeout: float) -> list[dict[str, Any]]:
+            size = sink_bytes if sink_bytes is not None else params.mib << 20
+            return [{"bytes": size, "first_ns": 0, "eof_ns": 1_000_000_000 // speed, "seq": i} for i in range(count)]
+
+        yield b.Booted(FakeGuest(_guest(mode, params, (broken or {}).get(mode))), received)
+    return boot
+
+
+def _main(argv: list[str], boot: Callable[..., Any]) -> int:
+    return b.main(["--access", "0", "--runs", "3", *argv], boot=boot, image=lambda config: "image")
+
+
+def test_ratios_with_run_counts_and_the_qemu_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(["--json"], _boot()) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["ours_pps"] == pytest.approx(1000.0, rel=1e-6) and s["peer_pps"] == pytest.approx(20000.0, rel=1e-5)
+    assert s["ratio"] == pytest.approx(0.05, rel=1e-5) and s["ratio_runs"] == 3
+    assert s["mbps_ratio"] == pytest.approx(2.0) and s["mbps_ratio_runs"] == 3
+    assert s["ratio_polled"] == pytest.approx(0.5, rel=1e-5) and s["mbps_ratio_polled_runs"] == 3
+    assert len(s["modes"]["ours"]["pps_runs"]) == 3 and s["guest"]["qemu"] == "7.2.99-fake"
+    assert _main([], _boot()) == 0
+    text = capsys.readouterr().out
+    assert "guest: QEMU 7.2.99-fake, TCG -smp 1,maxcpus=2, path proxy; barriers kept" in text
+    assert "ours/peer: echo 0.050 (3 runs)  TCP 2.000 (3 runs)" in text
+
+
+def test_one_mode_alone_prints_no_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(["--json", "--modes", "peer"], _boot()) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert "ratio" not in s and s["peer_pps"] == pytest.approx(20000.0, rel=1e-5)
+
+
+def test_an_unanswered_echo_fails_naming_job_and_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    broken = {"ours": ("echo", 1, ["ECHO 0 1000 1999"], 0)}
+    assert _main(["--json"], _boot(broken)) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert (doc["job"], doc["side"], doc["run"]) == ("echo", "ours", 1) and "ratio" not in doc
+    assert "guest job echo on ours (run 2 of 3): no figure: 1 of 2000 echo requests unanswered" in err
+
+
+def test_a_short_tcp_stream_fails_naming_job_and_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(["--json", "--modes", "peer"], _boot(sink_bytes=1000)) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["job"], doc["side"], doc["run"]) == ("tcp", "peer", 0)
+    assert "the sink received 1000 of 20971520 bytes" in doc["reason"]
+
+
+def test_bad_arguments_are_refused() -> None:
+    for argv in (["--modes", "nope"], ["--qemu", "11.1"], ["--count", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            _main(argv, _boot())
+        assert exc.value.code == 2
 
 
 def test_tso_packet_is_what_linux_hands_the_driver() -> None:
@@ -41,11 +125,12 @@ def test_tso_packet_is_what_linux_hands_the_driver() -> None:
     assert packet[16:18] == b"\x00\x00"  # IPv4 total length left for the device
 
 
-def test_guest_script_reads_its_parameters_from_the_command_line() -> None:
+def test_guest_script_frames_its_jobs_and_reads_its_parameters_from_the_command_line() -> None:
     script = b.guest_script()
-    for key in ("dmbench.runs", "dmbench.count", "dmbench.mib"):
+    for key in ("dmbench.runs", "dmbench.count", "dmbench.mib", "dmbench.side"):
         assert key in script
-    assert "BENCH ping" in script and "BENCH tcp" in script
+    assert "bench_job $side echo $i echo_run" in script and "bench_job $side tcp $i tcp_run" in script
+    assert 'echo "ECHO $t0 $t1' in script and 'echo "TCP $t0 $t1' in script
 
 
 @pytest.mark.parametrize("posted", ["on", "off"])
