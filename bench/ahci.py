@@ -222,6 +222,7 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
         launcher = stack.enter_context(QemuLauncher.for_image(
             image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
             pass_fds=[theirs.fileno()], qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
+        theirs.close()  # QEMU holds its copy: the server sees end of stream when QEMU exits
         yield Booted(LauncherSession(launcher), MpqemuStats(server.pid, server_log),
                      processes_alive({"ours": server}, {"ours": server_log}), {"ours": server_log})
 

@@ -370,3 +370,34 @@ def test_dropped_barriers_only_when_asked_and_said() -> None:
     config = _config("--maxcpus", "1", "--allow-dropped-barriers")
     assert not config.barriers_kept and config.barriers().startswith("DROPPED")
     assert config.as_json("7.2.22")["barriers_kept"] is False
+
+
+# --- the launcher adapter, over the real launcher and a stand-in process -------------------
+
+def _launcher(tmp_path: Path, script: str) -> c.LauncherSession:
+    from harness.qemu.launcher import QemuLauncher
+
+    for name in ("vmlinuz", "initrd"):
+        (tmp_path / name).write_bytes(b"")
+    fake = tmp_path / "fake-qemu"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    return c.LauncherSession(QemuLauncher(tmp_path / "vmlinuz", tmp_path / "initrd", qemu=str(fake)).start())
+
+
+def test_launcher_session_reads_lines_then_the_end_of_the_console(tmp_path: Path) -> None:
+    session = _launcher(tmp_path, "echo one; echo two; exit 0\n")
+    assert [session.read_line(10.0), session.read_line(10.0)] == ["one", "two"]
+    with pytest.raises(EOFError):
+        session.read_line(10.0)
+    assert session.finish().exit_code == 0 and session.qemu_version == "?"
+
+
+def test_launcher_session_times_out_on_silence_and_finish_ends_the_process(tmp_path: Path) -> None:
+    session = _launcher(tmp_path, "echo started; exec sleep 60\n")
+    assert session.read_line(10.0) == "started"
+    t0 = time.monotonic()
+    assert session.read_line(0.3) is None
+    assert 0.25 < time.monotonic() - t0 < 5.0
+    result = session.finish()
+    assert result.exit_code is not None and result.exit_code < 0 and result.log == "started"
