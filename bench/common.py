@@ -61,7 +61,7 @@ __all__ = [
     "MpqemuStats", "PerIo", "PerIoField", "Plan", "ProcessCpu", "Run", "RunFailed", "Sampler", "add_guest_options",
     "check_ratios", "compare", "cpu_ns", "end_process", "fio_append", "fio_deadlines", "fio_figure", "fio_guest_loop",
     "fio_summary", "fio_table", "fmt", "guest_config", "make_image", "need", "parse_mpqemu_stats", "per_io",
-    "processes_alive", "python_env", "run_main", "watch", "workdir",
+    "processes_alive", "python_env", "run_main", "runs_text", "watch", "workdir",
 ]
 
 DONE_CHECK = "bench.done"
@@ -743,7 +743,12 @@ class Comparison:
 
     def text(self, digits: int = 2) -> str:
         """``1.19 (3 runs)``."""
-        return f"{self.ratio:.{digits}f} ({self.runs} run{'s' if self.runs != 1 else ''})"
+        return f"{self.ratio:.{digits}f} ({runs_text(self.runs)})"
+
+
+def runs_text(count: int) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{count} run{'' if count == 1 else 's'}"
 
 
 def compare(ours: Sequence[float], peer: Sequence[float], *, what: str) -> Comparison:

@@ -85,6 +85,7 @@ from .common import (
     processes_alive,
     python_env,
     run_main,
+    runs_text,
     watch,
     workdir,
 )
@@ -498,12 +499,13 @@ def _text(summary: dict[str, Any], access: dict[str, dict[str, float]], config: 
         for key, label in (("messages_per_echo", "messages/echo"), ("server_cpu_us_per_echo", "server CPU us/echo"),
                            ("messages_per_mib", "messages/MiB"), ("server_cpu_us_per_mib", "server CPU us/MiB")):
             if key in ours:
-                runs = "" if ours[f"{key}_runs"] == len(ours["pps_runs"]) else f" ({ours[f'{key}_runs']} runs)"
+                runs = "" if ours[f"{key}_runs"] == len(ours["pps_runs"]) else f" ({runs_text(ours[f'{key}_runs'])})"
                 lines.append(f"ours {label}: {ours[key]:.1f}{runs}")
     for peer, suffix in (("peer", ""), ("peer-polled", "_polled")):
         if f"ratio{suffix}" in summary:
-            lines.append(f"ours/{peer}: echo {summary[f'ratio{suffix}']:.3f} ({summary[f'ratio{suffix}_runs']} runs)  "
-                         f"TCP {summary[f'mbps_ratio{suffix}']:.3f} ({summary[f'mbps_ratio{suffix}_runs']} runs)")
+            echo, tcp = f"ratio{suffix}", f"mbps_ratio{suffix}"
+            lines.append(f"ours/{peer}: echo {summary[echo]:.3f} ({runs_text(summary[f'{echo}_runs'])})  "
+                         f"TCP {summary[tcp]:.3f} ({runs_text(summary[f'{tcp}_runs'])})")
     return lines
 
 

@@ -272,7 +272,7 @@ def test_compare_refuses_unequal_run_counts() -> None:
     got = c.compare([1.0, 3.0, 2.0], [4.0, 4.0, 5.0], what="x")
     assert got == c.Comparison(2.0, 4.0, 0.5, 3)
     assert got.fields("seqread_ratio") == {"ours": 2.0, "peer": 4.0, "seqread_ratio": 0.5, "seqread_ratio_runs": 3}
-    assert got.text() == "0.50 (3 runs)"
+    assert got.text() == "0.50 (3 runs)" and c.compare([1.0], [2.0], what="x").text() == "0.50 (1 run)"
 
 
 def test_fio_summary_refuses_a_plan_with_unequal_sides() -> None:
