@@ -1,0 +1,25 @@
+/* The exit-rate payload: a fixed number of MMIO reads and port writes, nothing else, so the
+ * host measures what one exit through our bus costs. results.values[0..1] hold the counts
+ * it was asked for (by the host, through `exits_config`). */
+#include "rt.h"
+
+volatile u64 exits_config[4] = {0xD0000000ul, 100000, 0, 0}; /* address, count, port, kind */
+
+int main(void) {
+    u64 addr = exits_config[0], count = exits_config[1];
+    u16 port = (u16)exits_config[2];
+    u64 sum = 0;
+    if (exits_config[3] == 0) {
+        for (u64 i = 0; i < count; i++) sum += mmio_read32(addr);
+    } else if (exits_config[3] == 1) {
+        for (u64 i = 0; i < count; i++) mmio_write32(addr, (u32)i);
+    } else if (exits_config[3] == 2) {
+        for (u64 i = 0; i < count; i++) outl(port, (u32)i);
+    } else {
+        for (volatile u64 i = 0; i < count; i++) {}
+    }
+    results.values[0] = count;
+    results.values[1] = sum;
+    results.magic = RESULTS_MAGIC;
+    return 0;
+}
