@@ -57,13 +57,14 @@ TARGETS: dict[str, str] = {
     "mpqemu": "fuzz.mpqemu_fuzzer",
     "vfio_user": "fuzz.vfio_user_fuzzer",
     "vhost_user": "fuzz.vhost_user_fuzzer",
+    "elf": "fuzz.elf_fuzzer",
 }
 
 Executor = Callable[..., None]
 """``executor(data, *, op_seconds=2.0, check_memory=False, memory_limit=..., trace=None)``:
 run one input with every oracle; raise ``Finding`` when one fires."""
 
-_COVERED_PACKAGES = tuple(str(ROOT / p) + os.sep for p in ("devmodels", "virtio", "passthrough"))
+_COVERED_PACKAGES = tuple(str(ROOT / p) + os.sep for p in ("devmodels", "virtio", "passthrough", "kvm"))
 
 
 def _module(name: str) -> Any:
