@@ -19,7 +19,7 @@ nolapic_timer nohz=off``: every AHCI handler is polled at each 250 Hz timer tick
 live in that one guest, so the peer runs under the same command line. The proxy path needs
 QEMU 7.2 (``--path proxy``; 11.1's proxy segfaults under TCG); the guest gets ``--smp``/
 ``--maxcpus`` vCPUs, one online of two by default so that TCG keeps its memory barriers
-(``bench.common`` rule 5; with two online, the polled guest's I/O nearly stopped in our runs).
+(``bench.common`` rule 5).
 
 The guest runs ``bench.common.FIO_JOBS`` (libaio, O_DIRECT) on each disk, alternating disks:
 4 KiB random read at queue depth 32, 1 MiB sequential read and 1 MiB sequential write

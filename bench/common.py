@@ -23,8 +23,9 @@ Rules:
    ``maxcpus`` is 1 without CF_PARALLEL and so drops its memory barriers (fixed in 8.1, "tcg:
    Do not elide memory barriers for !CF_PARALLEL in system mode"), which lets event-idx
    drivers lose interrupts. Under 7.2 the default is therefore ``-smp 1,maxcpus=2``: the
-   barriers are kept and one vCPU still runs (a second online vCPU starves the polled-INTx
-   guests of the proxy path). The output names the QEMU version and the configuration.
+   barriers are kept (TCG emits its ``mb`` ops) and the guest still runs on one vCPU, as the
+   figures so far were measured; ``--smp 2`` runs two. The output names the QEMU version and
+   the configuration.
 6. Exit status 0 with figures; 1 on ``BenchFailure``: stderr says what failed and where, and
    with ``--json`` stdout holds ``{"error", "job", "side", "run"}`` and no ratio.
 """
