@@ -23,8 +23,20 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN", help="case names (fnmatch)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per guest")
     parser.add_argument("--serial-dir", type=Path, default=None, help="keep each guest's console log here")
+    parser.add_argument("--hostile", action="store_true",
+                        help="the hostile-guest mode: abuse scenarios x device x path, ours beside QEMU's own devices "
+                             "(--only matches DEVICE/PATH there)")
+    parser.add_argument("--no-reference", action="store_true", help="with --hostile: leave out QEMU's own devices")
+    parser.add_argument("--scenario", action="append", default=[], metavar="PATTERN",
+                        help="with --hostile: only these scenarios (fnmatch)")
     args = parser.parse_args(list(argv))
     from ..qemu.launcher import qemu_available
+
+    if args.hostile:
+        from ..hostile.cli import run
+
+        return run(args.only, reference=not args.no_reference, scenarios=args.scenario, as_json=args.json,
+                   listing=args.list, serial_dir=args.serial_dir)
 
     cases, broken = load_cases(args.only)
     if args.list:
