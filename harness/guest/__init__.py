@@ -8,7 +8,8 @@ busybox initramfs whose ``/init`` loads the driver modules (e1000, AHCI, virtio,
 the cache keeps the 16 most recently used images (older ones go once unused for an hour;
 ``ImageBuilder(keep_images=...)``). ``build_module`` builds an out-of-tree kernel module of
 ours (``kmod/``) against the guest kernel's Debian headers, cached by content, for a case to
-add to its image.
+add to its image. ``direct_kernel`` extracts the vmlinux inside the bzImage for a direct
+(PVH) boot, which ``QemuLauncher.for_image`` uses.
 """
 
 from ._binaries import ldd_closure
@@ -26,6 +27,7 @@ from ._kmod import TESTDEV_MODULE_SOURCE, BuiltModule, build_module
 from ._modules import ModuleClosure, ModuleIndex
 from ._progress import Progress
 from ._protocol import CHECK_MARKER, DONE_MARKER, TEST_PARAM, CheckResult, parse_check_line, parse_checks
+from ._vmlinux import DirectKernel, direct_kernel
 
 __all__ = [
     "BUILTIN_TESTS",
@@ -36,6 +38,7 @@ __all__ = [
     "DONE_MARKER",
     "TEST_PARAM",
     "CheckResult",
+    "DirectKernel",
     "FileTree",
     "GuestImage",
     "ImageBuilder",
@@ -47,6 +50,7 @@ __all__ = [
     "build_image",
     "build_module",
     "default_cache_dir",
+    "direct_kernel",
     "ldd_closure",
     "parse_check_line",
     "parse_checks",
