@@ -249,7 +249,7 @@ def run_host(*, seconds: float, size_mb: int, workdir: Path, ours_opts: Sequence
     from devmodels._memory import GuestMemory, MemoryRegion
     from devmodels.ahci import regs as r
     from devmodels.ahci.testing import AhciDriver
-    from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
+    from devmodels.pci.defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
     from mpqemu.testing import FakeProxy
 
     image = workdir / "ours.img"

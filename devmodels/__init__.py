@@ -12,7 +12,7 @@ The core a VMM author imports:
 - tracing: ``devmodels.trace`` (``enable("bus.*")``).
 """
 
-from . import _trace as trace
+from . import fds, snapshot, trace
 from ._accel import NO_EXTENSIONS, extensions_loaded, implementations
 from ._bus import MMIO_LIMIT, PIO_LIMIT, Bus, BusDevice, BusMapping
 from ._errors import (
@@ -41,7 +41,7 @@ from ._irq import (
     TriggerLevelSink,
 )
 from ._machine import InterruptController, Machine, pci_intx_gsi
-from ._memory import Access, GuestMemory, MemoryRegion, Translator
+from ._memory import ADDRESS_LIMIT, Access, GuestMemory, MemoryRegion, Translator
 from ._regs import Reg, RegisterFile
 from ._regs import Access as RegAccess
 from ._state import Snapshotable, from_dict, to_dict
@@ -49,6 +49,8 @@ from ._state import Snapshotable, from_dict, to_dict
 __version__ = "0.1.0"
 
 __all__ = [
+    "fds",
+    "snapshot",
     "trace",
     "NO_EXTENSIONS",
     "extensions_loaded",
@@ -86,6 +88,7 @@ __all__ = [
     "GuestMemory",
     "MemoryRegion",
     "Translator",
+    "ADDRESS_LIMIT",
     "Reg",
     "RegAccess",
     "RegisterFile",

@@ -95,7 +95,7 @@ class AhciDriver:
     @classmethod
     def for_controller(cls, hba: object, memory: GuestMemory, dma_base: int, dma_size: int) -> AhciDriver:
         """A driver on an in-process ``AhciController`` (enables memory decode and bus mastering)."""
-        from ..pci._defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
+        from ..pci.defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
         from .hba import AhciController
 
         if not isinstance(hba, AhciController):

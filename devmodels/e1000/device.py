@@ -43,7 +43,7 @@ from .._regs import Reg, RegisterFile, check_hook_names
 from .._trace import tracepoint
 from ..backends import NetBackend
 from ..pci import BarKind, PciFunction
-from ..pci._defs import PCI_CAP_ID_PM
+from ..pci.defs import PCI_CAP_ID_PM
 from . import regs as r
 from .eeprom import Eeprom, MicrowirePort, default_image
 from .interrupts import InterruptUnit

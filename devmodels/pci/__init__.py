@@ -4,7 +4,7 @@ A device model builds on ``PciFunction``; a VMM plugs functions into a ``PciHost
 serves them through a proxy) and reaches them with config cycles and BAR accesses.
 """
 
-from . import _defs as defs
+from . import defs
 from ._caps import CapabilityList
 from ._config import ConfigSpace
 from ._firmware import BarInfo, ConfigAccess, FunctionInfo, Window, enumerate_bus0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._config import ConfigSpace
-from ._defs import PCI_CAPABILITY_LIST, PCI_CONFIG_SPACE_SIZE, PCI_STATUS, PCI_STATUS_CAP_LIST
+from .defs import PCI_CAPABILITY_LIST, PCI_CONFIG_SPACE_SIZE, PCI_STATUS, PCI_STATUS_CAP_LIST
 from .._errors import UsageError
 
 __all__ = ["CapabilityList"]

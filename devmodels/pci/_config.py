@@ -12,7 +12,7 @@ Rules:
 
 from __future__ import annotations
 
-from ._defs import PCI_CONFIG_SPACE_SIZE, PCI_EXP_CONFIG_SPACE_SIZE
+from .defs import PCI_CONFIG_SPACE_SIZE, PCI_EXP_CONFIG_SPACE_SIZE
 from .._errors import UsageError
 
 __all__ = ["ConfigSpace"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ..runtime import ServedDeviceDefaults
 from ._caps import CapabilityList
 from ._config import ConfigSpace
-from ._defs import (
+from .defs import (
     PCI_BASE_ADDRESS_0,
     PCI_BASE_ADDRESS_MEM_PREFETCH,
     PCI_BASE_ADDRESS_MEM_TYPE_64,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ._caps import CapabilityList
 from ._config import ConfigSpace
-from ._defs import (
+from .defs import (
     PCI_CAP_ID_MSI,
     PCI_MSI_ADDRESS_LO,
     PCI_MSI_FLAGS,

@@ -20,7 +20,7 @@ import struct
 
 from ._caps import CapabilityList
 from ._config import ConfigSpace
-from ._defs import (
+from .defs import (
     PCI_CAP_ID_MSIX,
     PCI_MSIX_ENTRY_CTRL_MASKBIT,
     PCI_MSIX_ENTRY_SIZE,

@@ -13,7 +13,7 @@ from devmodels.ahci import AhciController, AtaDisk, AtapiCdrom, TaskFile
 from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
-from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
+from devmodels.pci.defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY
 from tests.unit.devmodels.ahci.doubles import ScriptedDisk
 
 

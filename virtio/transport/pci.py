@@ -38,7 +38,7 @@ from devmodels._regs import Access, Reg, RegisterFile
 from devmodels._state import check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.pci import BarKind, PciFunction, PciFunctionState
-from devmodels.pci._defs import PCI_CAP_ID_VNDR
+from devmodels.pci.defs import PCI_CAP_ID_VNDR
 
 from ._serving import ServedThroughDevice
 from ..defs import (

@@ -25,7 +25,7 @@ import construct as cs
 
 from devmodels import GuestMemory, GuestMemoryError, Machine
 from devmodels._trace import tracepoint
-from devmodels.pci._defs import (
+from devmodels.pci.defs import (
     PCI_BASE_ADDRESS_0,
     PCI_CAP_ID_MSIX,
     PCI_CAP_ID_VNDR,

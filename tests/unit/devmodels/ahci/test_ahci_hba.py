@@ -8,7 +8,7 @@ from devmodels import GuestMemory, MemoryRegion, RecordingLevelSink, RecordingMs
 from devmodels.ahci import AhciController, AtaDisk, TaskFile
 from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
-from devmodels.pci._defs import PCI_CAP_ID_MSI, PCI_CAPABILITY_LIST, PCI_STATUS, PCI_STATUS_CAP_LIST
+from devmodels.pci.defs import PCI_CAP_ID_MSI, PCI_CAPABILITY_LIST, PCI_STATUS, PCI_STATUS_CAP_LIST
 from tests.unit.devmodels.ahci.doubles import Rig, ScriptedDisk
 
 

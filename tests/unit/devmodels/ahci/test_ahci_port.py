@@ -10,7 +10,7 @@ from devmodels.ahci import TaskFile, build_h2d
 from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.layouts import CMD_HEADER, PRD_ENTRY
-from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MEMORY
+from devmodels.pci.defs import PCI_COMMAND, PCI_COMMAND_MEMORY
 from tests.unit.devmodels.ahci.doubles import RAM_SIZE, Rig, ScriptedDisk
 
 

@@ -16,7 +16,7 @@ from devmodels.ahci import defs as d
 from devmodels.ahci import regs as r
 from devmodels.ahci.testing import AhciDriver
 from devmodels.backends import BlockOp
-from devmodels.pci._defs import PCI_COMMAND, PCI_COMMAND_MEMORY
+from devmodels.pci.defs import PCI_COMMAND, PCI_COMMAND_MEMORY
 from tests.unit.devmodels.ahci.doubles import DMA_BASE, RAM_SIZE, ScriptedDisk, _iso_pattern
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from devmodels import GuestError, Machine, SnapshotError, UsageError, from_dict, to_dict
-from devmodels.pci._defs import (
+from devmodels.pci.defs import (
     PCI_BASE_ADDRESS_MEM_TYPE_64,
     PCI_CAP_ID_MSIX,
     PCI_CLASS_PROG,
