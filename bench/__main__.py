@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "vhost-user-blk": ("bench.vhost_user_blk", "main", "fio in a TCG guest: devmodels vhost-user-blk vs qemu-storage-daemon"),
     "e1000": ("bench.e1000", "main", "echo rate and TCP throughput over TAP: devmodels e1000 (proxy) vs QEMU's e1000"),
     "ahci": ("bench.ahci", "main", "fio in a TCG guest: devmodels AHCI (proxy) vs QEMU's built-in AHCI"),
+    "kvm": ("bench.kvm", "main", "our devices in KVM in process: exits/s, kick vs hand-off, MSI paths, in-process vs vfio-user"),
 }
 
 

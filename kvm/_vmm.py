@@ -23,8 +23,9 @@ Rules:
    nothing more). Where KVM refuses, it returns ``False`` and the write keeps exiting.
 5. The payload talks to the host through two ports on ``machine.pio``: ``PORT_CONSOLE``
    (text, bounded) and ``PORT_EXIT`` (a 32-bit status that ends the run). ``run`` also
-   ends on a timeout, a shutdown (triple fault) or a KVM error; the ``RunResult`` names
-   the reason and where the vCPU stopped (``ElfImage.name_of`` its RIP).
+   ends on a timeout, on ``request_stop`` (from a loop callback or any thread), a shutdown
+   (triple fault) or a KVM error; the ``RunResult`` names the reason and where the vCPU
+   stopped (``ElfImage.name_of`` its RIP).
 6. A guest access the buses cannot take (a port access past 0xFFFF) is an unmapped access
    (reads all-ones, writes dropped) with a ``kvm.bad_access`` event, never an exception.
 """
@@ -76,7 +77,7 @@ _tp_stop = tracepoint("kvm.stop")
 class RunResult:
     """How a run ended (rule 5)."""
 
-    reason: str  # "exit", "timeout", "shutdown", "internal-error", "fail-entry", "unexpected-exit"
+    reason: str  # "exit", "timeout", "stopped", "shutdown", "internal-error", "fail-entry", "unexpected-exit"
     status: int | None  # the value written to PORT_EXIT
     where: str  # where the vCPU stopped: function+offset, or the address
     detail: str
@@ -172,6 +173,7 @@ class KvmMachine:
         self.exits = 0
         self._kicker: Kicker | None = None
         self._run_deadline = 0
+        self._stop_requested = False
         self._loop_closed = False
         try:
             self.kvm = Kvm(kvm_path)
@@ -330,6 +332,9 @@ class KvmMachine:
                 elif reason == _EXIT_INTR:
                     vcpu.clear_exit_request()
                     loop.run_once(0)
+                    if self._stop_requested:
+                        stop = ("stopped", "request_stop()")
+                        break
                     if time.monotonic_ns() >= run_deadline:
                         stop = ("timeout", f"no exit within {timeout} s")
                         break
@@ -341,6 +346,7 @@ class KvmMachine:
         finally:
             kicker.close()
             self._kicker = None
+            self._stop_requested = False
         self.exits += exits
         reason, detail = stop if stop is not None else ("exit", "")
         rip = vcpu.get_regs().rip
@@ -356,6 +362,14 @@ class KvmMachine:
             kicks=kicker.kicks,
             seconds=(time.monotonic_ns() - start) / 1e9,
         )
+
+    def request_stop(self) -> None:
+        """End the current (or next) ``run`` soon with reason ``"stopped"``; any thread (rule 5)."""
+        self._stop_requested = True
+        self.vcpu.request_exit()
+        kicker = self._kicker
+        if kicker is not None:
+            kicker.retarget(0)  # wakes the kicker, whose due deadline interrupts KVM_RUN
 
     def _next_deadline(self) -> int:
         timer = self.loop.next_deadline_ns()

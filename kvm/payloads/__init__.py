@@ -29,7 +29,7 @@ from devmodels import HostError, UsageError
 __all__ = ["PAYLOADS", "SOURCE_DIR", "CFLAGS", "build", "compiler_missing"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
-PAYLOADS = ("testdev", "e1000", "virtio_blk", "ahci", "exits")
+PAYLOADS = ("testdev", "e1000", "virtio_blk", "ahci", "exits", "testdev_ops")
 CFLAGS = (
     "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
     "-ffreestanding", "-nostdlib", "-static", "-no-pie", "-fno-pic",

@@ -273,3 +273,14 @@ def test_bytearray_ram_cannot_back_a_vm() -> None:
         with pytest.raises(UsageError, match="mmap-backed"):
             KvmMachine(machine)
         assert [m.name for m in machine.pio.mappings] == ["pci-config"]  # nothing left behind
+
+
+def test_rule_5_request_stop_from_a_loop_timer_ends_a_spinning_guest(payloads: dict[str, Path],
+                                                                     vmm: KvmMachine) -> None:
+    vmm.load(payloads["exits"])
+    vmm.write_symbol("exits_config", struct.pack("<4Q", 0, 1 << 62, 0, 3))  # spins in ring 3, never exits
+    vmm.loop.call_later(0.05, vmm.request_stop)  # only the kicker's deadline gets the loop to run
+    result = vmm.run(timeout=30)
+    assert result.reason == "stopped" and result.kicks >= 1, result.describe()
+    assert result.seconds < 10
+    assert result.where.startswith("main+")
