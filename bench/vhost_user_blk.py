@@ -1,7 +1,7 @@
 """``python -m bench vhost-user-blk``: devmodels' vhost-user-blk against qemu-storage-daemon.
 
 One TCG guest gets two vhost-user-blk disks of the same size, each a raw image file on
-the same host filesystem: one served by ``devmodels vhost-user blk`` (a separate process),
+the same host filesystem: one served by ``devmodels vhost-user --device virtio-blk`` (a separate process),
 one by ``qemu-storage-daemon --export type=vhost-user-blk``. The guest tells them apart by
 their serial (GET_ID) and runs fio (libaio, O_DIRECT) on each, alternating disks:
 ``bench.common.FIO_JOBS`` (4 KiB random read at queue depth 32, 1 MiB sequential read and
@@ -159,8 +159,8 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
     with contextlib.ExitStack() as stack:
         logs = {"ours": work / "ours.log", "peer": work / "peer.log"}
         ours = subprocess.Popen(
-            [sys.executable, "-m", "devmodels", "vhost-user", "blk", "--socket", str(ours_sock), "--image",
-             str(ours_img), "--serial", OUR_SERIAL, *params.ours_args],
+            [sys.executable, "-m", "devmodels", "vhost-user", "--socket", str(ours_sock), "--device", "virtio-blk",
+             "--backend", f"file:{ours_img}", "--opt", f"serial={OUR_SERIAL}", *params.ours_args],
             stdin=subprocess.DEVNULL, stdout=stack.enter_context(open(logs["ours"], "wb")), stderr=subprocess.STDOUT,
         )
         stack.callback(end_process, ours)
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] = (), boot: Boot = boot) -> int:
     parser.add_argument("--runtime", type=int, default=5, help="seconds per fio run (default 5)")
     parser.add_argument("--size-mb", type=int, default=256, help="disk size in MiB (default 256)")
     parser.add_argument("--jobs", default=",".join(FIO_JOBS), help=f"comma-separated subset of {', '.join(FIO_JOBS)}")
-    parser.add_argument("--ours-arg", action="append", default=[], help="extra argument for devmodels vhost-user blk")
+    parser.add_argument("--ours-arg", action="append", default=[], help="extra argument for devmodels vhost-user (e.g. --opt=inline-reads=off)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep images, console and server logs here (default: a temporary directory)")
     add_guest_options(parser, PATHS)

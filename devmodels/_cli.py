@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "guest-image": ("harness.guest.cli", "main", "build (or find in the cache) the guest kernel + initramfs; --boot boots it"),
     "mpqemu": ("harness.serve.mpqemu_cmd", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
     "conformance": ("harness.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),
-    "vhost-user": ("virtio.vhost_user.cli", "main", "serve virtio-blk or virtio-net to a vhost-user front-end (QEMU)"),
+    "vhost-user": ("harness.serve.vhost_user_cmd", "main", "serve virtio-blk or virtio-net to a vhost-user front-end such as QEMU (--socket)"),
 }
 
 

@@ -168,8 +168,8 @@ def _vhost_user_server(stack: contextlib.ExitStack, workdir: Path, args: list[st
     socket_path = workdir / "vhost-user.sock"
     log_path = workdir / "server.log"
     log = stack.enter_context(open(log_path, "wb"))
-    server = subprocess.Popen([sys.executable, "-m", "devmodels", "vhost-user", *args[:1], "--socket",
-                               str(socket_path), *args[1:]], stdin=subprocess.DEVNULL, stdout=log,
+    server = subprocess.Popen([sys.executable, "-m", "devmodels", "vhost-user", "--socket",
+                               str(socket_path), *args], stdin=subprocess.DEVNULL, stdout=log,
                               stderr=subprocess.STDOUT, env=_env())
     stack.callback(_end, server)
     return server, socket_path, log_path
@@ -184,15 +184,16 @@ def _wait_listening(server: subprocess.Popen[bytes], socket_path: Path, log_path
 
 
 def vhost_user_blk(stack: contextlib.ExitStack, workdir: Path) -> Started:
-    """``devmodels vhost-user blk`` over a raw image; QEMU's ``vhost-user-blk-pci``."""
-    server, socket_path, log_path = _vhost_user_server(stack, workdir, ["blk", "--image", str(_disk(workdir))])
+    """``devmodels vhost-user --device virtio-blk`` over a raw image; QEMU's ``vhost-user-blk-pci``."""
+    server, socket_path, log_path = _vhost_user_server(stack, workdir, ["--device", "virtio-blk",
+                                                                         "--backend", f"file:{_disk(workdir)}"])
     _wait_listening(server, socket_path, log_path)
     return Started(["-chardev", f"socket,id=vu,path={socket_path},reconnect=1",
                     "-device", "vhost-user-blk-pci,chardev=vu,num-queues=1"], server=server, server_log=log_path)
 
 
 def vhost_user_net(stack: contextlib.ExitStack, workdir: Path) -> Started:
-    """``devmodels vhost-user net`` whose wire is a seqpacket socket to a ``Responder``."""
+    """``devmodels vhost-user --device virtio-net`` whose wire is a seqpacket socket to a ``Responder``."""
     from devmodels.backends.net import SocketBackend
 
     wire = workdir / "wire.sock"
@@ -209,8 +210,8 @@ def vhost_user_net(stack: contextlib.ExitStack, workdir: Path) -> Started:
     listener.start()
     while not wire.exists() and listener.is_alive():
         time.sleep(0.01)
-    server, socket_path, log_path = _vhost_user_server(stack, workdir, ["net", "--backend", f"socket:{wire}",
-                                                                        "--mac", GUEST_MAC])
+    server, socket_path, log_path = _vhost_user_server(stack, workdir, ["--device", "virtio-net", "--backend",
+                                                                        f"socket:{wire}", "--opt", f"mac={GUEST_MAC}"])
     listener.join(_LISTEN_TIMEOUT + 5)
     if failure or not accepted:
         raise HostError(f"devmodels vhost-user net never connected its wire: {failure or 'timed out'}")

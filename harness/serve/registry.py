@@ -13,8 +13,9 @@ Rules:
    the spec and what would be accepted.
 3. A ``BuiltDevice`` is what the servers need: ``served`` (the ``ServedDevice`` a
    ``DeviceRunner`` serves), ``function`` (the PCI function for PCI attachments; for a
-   virtio device, our virtio-pci transport around it) and ``virtio`` (the virtio device, for
-   vhost-user). It owns the backends it opened: ``close()`` closes them.
+   virtio device, our virtio-pci transport around it, unless built with ``pci=False``) and
+   ``virtio`` (the virtio device, which vhost-user serves without a transport of ours). It
+   owns the backends it opened: ``close()`` closes them.
 4. Interrupts: a device carries the interrupt capabilities of the real part whenever the
    attachment can deliver them (``msi=True``: vfio-user, in-process): ICH9 AHCI's MSI,
    virtio-pci's MSI-X, testdev's MSI and MSI-X. ``msi=False`` (QEMU 7.2's
@@ -46,10 +47,11 @@ class DeviceOptions:
     backends: list[str] = field(default_factory=list)
     opts: dict[str, str] = field(default_factory=dict)
     msi: bool = True  # rule 4: whether the attachment delivers MSI/MSI-X
+    pci: bool = True  # rule 3: build the virtio-pci transport around a virtio device
     _used: set[str] = field(default_factory=set)
 
     @classmethod
-    def parse(cls, backends: Sequence[str], opts: Sequence[str], *, msi: bool = True) -> DeviceOptions:
+    def parse(cls, backends: Sequence[str], opts: Sequence[str], *, msi: bool = True, pci: bool = True) -> DeviceOptions:
         """From command-line words.
 
         Raises:
@@ -61,7 +63,7 @@ class DeviceOptions:
             if not sep or not key:
                 raise UsageError(f"--opt {opt!r}: expected KEY=VALUE")
             parsed[key] = value
-        return cls(list(backends), parsed, msi)
+        return cls(list(backends), parsed, msi, pci)
 
     def text(self, key: str, default: str) -> str:
         """A string option."""
@@ -247,6 +249,8 @@ def _virtio_pci(built: BuiltDevice, options: DeviceOptions) -> BuiltDevice:
 
     # Rule 4: MSI-X (one vector per queue plus config) where the attachment delivers it.
     vectors = None if options.flag("msix", options.msi) else 0
+    if not options.pci:
+        return built  # vhost-user: the front-end has the transport (rule 3)
     built.function = VirtioPciFunction(built.virtio, msix_vectors=vectors)
     return built
 
@@ -280,7 +284,8 @@ def _virtio_net(memory: GuestMemory, options: DeviceOptions) -> BuiltDevice:
     pairs = options.number("queues", 1, 1, 64)
     queue_size = options.number("queue-size", 256, 2, 32768)
     packed = options.flag("packed", True)
-    ctrl_vq = options.flag("ctrl-vq", True)
+    # Over vhost-user the front-end keeps the control queue (QEMU's virtio-net handles it).
+    ctrl_vq = options.flag("ctrl-vq", options.pci)
     backend = open_net_backend(options.backends[0], vnet_hdr=options.backends[0].startswith("tap:"))
     try:
         device = VirtioNetDevice(memory, backend, mac=mac, queue_pairs=pairs, queue_size=queue_size,
@@ -308,8 +313,9 @@ DEVICES: dict[str, DeviceKind] = {
 
 
 def build(name: str, memory: GuestMemory, backends: Sequence[str] = (), opts: Sequence[str] = (), *,
-          msi: bool = True) -> BuiltDevice:
-    """Build device ``name`` with its backends and options (rules 1–4).
+          msi: bool = True, pci: bool = True) -> BuiltDevice:
+    """Build device ``name`` with its backends and options (rules 1–4); ``pci=False`` leaves
+    a virtio device without a transport (vhost-user brings its own).
 
     Raises:
         UsageError: unknown device, backend spec or option, or a malformed value.
@@ -318,7 +324,7 @@ def build(name: str, memory: GuestMemory, backends: Sequence[str] = (), opts: Se
     kind = DEVICES.get(name)
     if kind is None:
         raise UsageError(f"unknown device {name!r}; known: {', '.join(DEVICES)}")
-    options = DeviceOptions.parse(backends, opts, msi=msi)
+    options = DeviceOptions.parse(backends, opts, msi=msi, pci=pci)
     built = kind.factory(memory, options)
     try:
         options.check_all_used(name)

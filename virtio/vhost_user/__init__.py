@@ -7,9 +7,9 @@
 - ``MessageReader`` / ``encode*`` / ``decode*``: message framing and payloads (sans-IO).
 - ``MemoryTable``: the front-end's memfd regions mapped into the device's ``GuestMemory``,
   with user-address translation for ring addresses.
-- ``glue``: device wake-ups (block completions, network receive).
+- ``glue``: the device's wake-ups on the loop (``ServedGlue``: any ``ServedDevice``).
 - ``testing``: a fake front-end (``FakeFrontEnd``) over shared memfd RAM.
-- ``defs``: protocol constants; ``cli``: ``devmodels vhost-user blk|net``.
+- ``defs``: protocol constants. The command is ``devmodels vhost-user`` (``harness.serve``).
 
 The rule every part keeps (and every device served here must keep, ``virtio.device``):
 no guest action and no front-end message may end the server process or stall its rings
@@ -23,7 +23,7 @@ guest or a front-end can reach is a bug.
 
 from . import defs
 from .backend import SessionTransport, VhostUserServer
-from .glue import BlockGlue, DeviceGlue, NetGlue, NullGlue, glue_for
+from .glue import DeviceGlue, ServedGlue
 from .memory import MappedRegion, MemoryTable, MemoryTableError
 from .messages import (
     ConfigAccess,
@@ -57,10 +57,7 @@ __all__ = [
     "PROTOCOL_FEATURES",
     "UNSUPPORTED_TRANSPORT_FEATURES",
     "DeviceGlue",
-    "BlockGlue",
-    "NetGlue",
-    "NullGlue",
-    "glue_for",
+    "ServedGlue",
     "MemoryTable",
     "MemoryTableError",
     "MappedRegion",

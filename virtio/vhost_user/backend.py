@@ -52,7 +52,7 @@ from devmodels._trace import tracepoint
 
 from ..device import VirtioDevice
 from .defs import VHOST_USER_MAX_PAYLOAD
-from .glue import DeviceGlue, glue_for
+from .glue import DeviceGlue, ServedGlue
 from .messages import MessageReader, ProtocolError, close_fds
 from .session import VhostUserSession
 
@@ -100,7 +100,7 @@ class VhostUserServer:
             makes binding fail).
         listener: an already listening ``AF_UNIX`` stream socket instead of ``path``.
             With neither, the server only serves connections handed to ``adopt``.
-        glue: the device's wake-up sources (default: ``glue_for(device)``).
+        glue: the device's wake-up sources (default: ``ServedGlue(device)``).
         queue_num: the GET_QUEUE_NUM answer (default: the device's, or its
             ``vhost_user_queue_num`` attribute).
         poll_interval: seconds between polls of rings without a kick descriptor.
@@ -145,7 +145,7 @@ class VhostUserServer:
         if listener is not None:
             listener.setblocking(False)
         self._listener = listener
-        self.glue = glue if glue is not None else glue_for(device)
+        self.glue = glue if glue is not None else ServedGlue(device)
         self._queue_num = queue_num if queue_num is not None else getattr(device, "vhost_user_queue_num", None)
         self.poll_interval = poll_interval
         self._selector = selectors.DefaultSelector()

@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from devmodels import UsageError
-from virtio.vhost_user import cli
+from harness.serve.vhost_user_cmd import main
 from virtio.vhost_user.testing import FakeFrontEnd, SharedRam
 
 ROOT = Path(__file__).resolve().parents[4]
 
 
 def test_bad_arguments_and_missing_image(tmp_path, capsys):
+    assert main(["--device", "virtio-blk", "--socket", str(tmp_path / "s")]) == 2  # no --backend
+    assert "virtio-blk takes one --backend" in capsys.readouterr().err
+    assert main(["--device", "virtio-blk", "--socket", str(tmp_path / "s"),
+                 "--backend", f"file:{tmp_path / 'missing.img'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["--device", "virtio-net", "--socket", str(tmp_path / "s"), "--backend", "pcap:x"]) == 2
+    assert "socket:PATH, socket-fd:N or tap:NAME" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["blk", "--socket", str(tmp_path / "s")])  # no --image
-    assert cli.main(["blk", "--socket", str(tmp_path / "s"), "--image", str(tmp_path / "missing.img")]) == 1
-    assert "cannot open" in capsys.readouterr().err
-    assert cli.main(["net", "--socket", str(tmp_path / "s"), "--backend", "pcap:x"]) == 1
-    with pytest.raises(UsageError):
-        cli.open_net_backend("tap:")
+        main(["--device", "e1000", "--socket", str(tmp_path / "s")])  # not a virtio device
+    assert not (tmp_path / "s").exists()
 
 
 def test_blk_backend_process_serves_and_stops_on_sigterm(tmp_path):
@@ -35,8 +37,8 @@ def test_blk_backend_process_serves_and_stops_on_sigterm(tmp_path):
     path = tmp_path / "vu.sock"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devmodels", "vhost-user", "blk", "--socket", str(path), "--image", str(image),
-         "--readonly", "--queues", "2"],
+        [sys.executable, "-m", "devmodels", "vhost-user", "--socket", str(path), "--device", "virtio-blk",
+         "--backend", f"file-ro:{image}", "--opt", "queues=2"],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT,
     )
     try:

@@ -20,7 +20,7 @@ from virtio.net.defs import VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_SIZE
 from virtio.queue import Virtqueue
 from virtio.testing import make_driver
 from virtio.transport.testing import EchoDevice
-from virtio.vhost_user import BlockGlue, NetGlue, NullGlue, VhostUserServer, glue_for
+from virtio.vhost_user import ServedGlue, VhostUserServer
 from virtio.vhost_user.defs import VHOST_USER_PROTOCOL_F_CONFIG, VHOST_USER_SET_FEATURES
 from virtio.vhost_user.messages import encode_u64
 from virtio.vhost_user.testing import FakeFrontEnd, SharedRam
@@ -89,19 +89,20 @@ def test_frames_both_ways(net, packed):
     assert device.stats.rx_frames == 1 and bool(features >> VIRTIO_NET_F_MRG_RXBUF & 1)
 
 
-def test_glue_for_each_device_kind():
+def test_the_glue_watches_what_each_device_asks_for():
     memory = GuestMemory()
     disk = MemoryDiskBackend(4096)
-    blk = glue_for(VirtioBlkDevice(memory, disk))
-    assert isinstance(blk, BlockGlue) and len(blk.sources()) == 1
+    blk = ServedGlue(VirtioBlkDevice(memory, disk))
+    assert len(blk.sources()) == 1  # the waker's eventfd: completions come through it
     blk.close()
+    assert blk.sources() == {}
     ours, theirs = LoopbackBackend.pair()
-    device = VirtioNetDevice(memory, ours)
-    glue = glue_for(device)
-    assert isinstance(glue, NetGlue)
-    assert glue.sources() == {}  # not live: the backend is not watched (no spinning)
+    glue = ServedGlue(VirtioNetDevice(memory, ours))
+    assert len(glue.sources()) == 1  # not live: the backend is not watched (no spinning), only the waker
     glue.close()
-    assert isinstance(glue_for(EchoDevice(memory)), NullGlue)
+    echo = ServedGlue(EchoDevice(memory))
+    assert len(echo.sources()) == 1
+    echo.close()
     ours.close()
     theirs.close()
     disk.close()
