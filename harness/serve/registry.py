@@ -264,10 +264,14 @@ def _virtio_blk(memory: GuestMemory, options: DeviceOptions) -> BuiltDevice:
     queue_size = options.number("queue-size", 256, 2, 32768)
     serial = options.text("serial", "devmodels")
     packed = options.flag("packed", True)
+    # A vhost-user front-end may run the queues smaller than our maximum (QEMU's
+    # vhost-user-blk-pci: 128), and no chain may outgrow the queue the driver uses.
+    seg_max = options.number("seg-max", queue_size - 2 if options.pci else min(queue_size, 128) - 2, 1,
+                             queue_size - 2)
     backend, _ = _open_disk(options.backends[0], options)
     try:
         device = VirtioBlkDevice(memory, backend, num_queues=queues, queue_size=queue_size, serial=serial,
-                                 packed=packed)
+                                 packed=packed, seg_max=seg_max)
         built = BuiltDevice("virtio-blk", device, virtio=device, backends=[backend])
         return _virtio_pci(built, options)
     except BaseException:

@@ -119,6 +119,12 @@ class VirtioBlkDevice(VirtioDevice):
         packed: offer VIRTIO_F_RING_PACKED.
         writeback: the cache mode after reset (``writeback`` field, §5.2.5).
         size_max: largest data segment offered (``size_max``).
+        seg_max: most data segments per request offered (``seg_max``; default
+            ``queue_size - 2``: a header and a status descriptor beside them). A driver may
+            build no chain longer than the queue size it uses (§2.7.5.3.1, indirect tables
+            included), so a transport whose driver side may pick a smaller queue than
+            ``queue_size`` (a vhost-user front-end: QEMU's ``vhost-user-blk-pci`` uses 128)
+            must offer ``seg_max`` of at most that size minus 2.
         dwz_sectors, dwz_segments: discard / write-zeroes limits offered.
         budget, queue_factory, name: as for ``VirtioDevice``.
 
@@ -141,6 +147,7 @@ class VirtioBlkDevice(VirtioDevice):
         packed: bool = True,
         writeback: bool = True,
         size_max: int = DEFAULT_SEG_SIZE_MAX,
+        seg_max: int | None = None,
         dwz_sectors: int = DEFAULT_DWZ_SECTORS,
         dwz_segments: int = DEFAULT_DWZ_SEG,
         budget: int | None = None,
@@ -151,6 +158,10 @@ class VirtioBlkDevice(VirtioDevice):
             raise UsageError(f"num_queues must be 1..65535, got {num_queues!r}")
         if not isinstance(queue_size, int) or not 3 <= queue_size <= 32768:
             raise UsageError(f"queue_size must be 3..32768, got {queue_size!r}")
+        if seg_max is None:
+            seg_max = queue_size - 2
+        if not isinstance(seg_max, int) or not 1 <= seg_max <= queue_size - 2:
+            raise UsageError(f"seg_max must be 1..queue_size-2 ({queue_size - 2}), got {seg_max!r}")
         serial_bytes = serial.encode("ascii") if isinstance(serial, str) else bytes(serial)
         if len(serial_bytes) > VIRTIO_BLK_ID_BYTES:
             raise UsageError(f"serial is {len(serial_bytes)} bytes, at most {VIRTIO_BLK_ID_BYTES}")
@@ -191,7 +202,7 @@ class VirtioBlkDevice(VirtioDevice):
             dict(
                 capacity=self._capacity,
                 size_max=size_max,
-                seg_max=queue_size - 2,  # one descriptor each for header and status
+                seg_max=seg_max,
                 geometry=dict(cylinders=0, heads=0, sectors=0),
                 blk_size=block_size,
                 topology=dict(physical_block_exp=0, alignment_offset=0, min_io_size=1, opt_io_size=0),

@@ -173,7 +173,8 @@ class VhostUserBlkCase:
             f.truncate(IMAGE_SIZE)
         backend = RawFileBackend(self.image, workers=4)
         stack.callback(backend.close)
-        device = VirtioBlkDevice(GuestMemory(), backend, queue_size=256, packed=True)
+        # QEMU runs vhost-user-blk-pci queues at 128: no more segments than that holds.
+        device = VirtioBlkDevice(GuestMemory(), backend, queue_size=256, seg_max=126, packed=True)
         self.layouts = _record_layouts(stack, device)
         socket_path = workdir / "blk.sock"
         server = VhostUserServer(device, socket_path)

@@ -118,3 +118,20 @@ def test_add_to_machine_plugs_the_function() -> None:
         assert (0x1AF4, 0x1042) in ids  # modern virtio-blk
     finally:
         built.close()
+
+
+def test_virtio_blk_over_vhost_user_offers_no_more_segments_than_a_128_entry_queue_holds() -> None:
+    # QEMU's vhost-user-blk-pci runs the queue at 128 entries whatever our maximum is; a
+    # larger seg_max lets Linux build indirect chains longer than the queue (seen: 129+).
+    over_pci = build("virtio-blk", GuestMemory(), ["mem:1M"])
+    over_vhost_user = build("virtio-blk", GuestMemory(), ["mem:1M"], pci=False)
+    asked = build("virtio-blk", GuestMemory(), ["mem:1M"], ["seg-max=62"], pci=False)
+    try:
+        assert over_pci.virtio.config_fields().seg_max == 254
+        assert over_vhost_user.virtio.config_fields().seg_max == 126
+        assert asked.virtio.config_fields().seg_max == 62
+    finally:
+        for built in (over_pci, over_vhost_user, asked):
+            built.close()
+    with pytest.raises(UsageError, match="seg-max=300"):
+        build("virtio-blk", GuestMemory(), ["mem:1M"], ["seg-max=300"])
