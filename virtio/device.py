@@ -703,7 +703,7 @@ class VirtioDevice(ServedDeviceDefaults):
                 self.transport.signal_used(index)
             if not queue.broken and self.awaits_buffers(index) and queue.has_available(memory):
                 if _tp_recheck.on:
-                    _tp_recheck.emit(device=self.name, queue=index, caught="buffers without a notification")
+                    _tp_recheck.emit(device=self.name, queue=index, caught="available buffers, no notification seen yet")
                 self.notify_queue(index)
             if queue.broken and not self.broken:
                 self._queue_broke(index)
