@@ -16,7 +16,7 @@ missing or refuses. ``unavailable()`` says why KVM cannot run guests here, for s
 from ._elf import MAX_FILE, MAX_SEGMENTS, MAX_SYMBOLS, ElfError, ElfImage, Note, Segment, Symbol, Window
 from ._ioctl import KvmError
 from ._irqs import KvmInterrupts, MsiMode
-from ._kick import KICK_SIGNAL, VmmLoop
+from ._kick import KICK_SIGNAL, VmmLoop, install_kick_handler
 from ._system import DEV_KVM, Kvm, unavailable
 from ._vcpu import Vcpu
 from ._vm import Vm
@@ -37,6 +37,7 @@ __all__ = [
     "MsiMode",
     "KICK_SIGNAL",
     "VmmLoop",
+    "install_kick_handler",
     "DEV_KVM",
     "Kvm",
     "unavailable",

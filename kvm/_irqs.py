@@ -44,7 +44,7 @@ class KvmInterrupts:
         msi_blocked: messages KVM reported as not delivered (the guest's APIC refused them).
     """
 
-    def __init__(self, vm: Vm, mode: MsiMode = "signal") -> None:
+    def __init__(self, vm: Vm, mode: MsiMode = "irqfd") -> None:
         self.vm = vm
         self.mode: MsiMode = mode
         self._routes: dict[tuple[int, int], int] = {}  # (address, data) -> eventfd

@@ -16,7 +16,7 @@ Rules:
    ``KVM_RUN`` when they are due; the vCPU thread then runs the loop once.
    (``bench/kvm.py`` measures this against handing every exit to another thread.)
 3. Interrupts go to KVM's irqchip as ``KvmInterrupts`` says: INTx by ``KVM_IRQ_LINE``,
-   MSI/MSI-X by ``KVM_SIGNAL_MSI`` or irqfds.
+   MSI/MSI-X by irqfds (default) or ``KVM_SIGNAL_MSI``.
 4. ``add_ioeventfd`` turns guest writes of one value at one address into an eventfd KVM
    signals without an exit; the loop replays them as one bus write when it runs
    (coalesced: right for doorbells such as virtio notifications, whose repetition means
@@ -151,7 +151,8 @@ class KvmMachine:
     Args:
         machine: the machine to run; its RAM must be mmap-backed (memfd or anonymous).
         ram_size: RAM of the machine made when none is given.
-        msi: how MSI/MSI-X reach KVM (``KvmInterrupts``).
+        msi: how MSI/MSI-X reach KVM (``KvmInterrupts``): irqfd routes, falling back to
+            ``KVM_SIGNAL_MSI`` (measured cheaper per message; kvm/README.md).
         kvm_path: the KVM device node.
 
     Raises:
@@ -159,7 +160,7 @@ class KvmMachine:
         UsageError: the machine's RAM cannot be mapped into a VM.
     """
 
-    def __init__(self, machine: Machine | None = None, *, ram_size: int = 64 << 20, msi: MsiMode = "signal",
+    def __init__(self, machine: Machine | None = None, *, ram_size: int = 64 << 20, msi: MsiMode = "irqfd",
                  kvm_path: str = DEV_KVM) -> None:
         self._own_machine = machine is None
         self.machine = machine if machine is not None else Machine(ram_size, ram_backing="memfd")

@@ -4,7 +4,7 @@
  *
  * Like a real driver's handler, ours asks the device whether the interrupt was its own
  * (IRQ_STATUS non-zero) and counts the others as spurious: a hypervisor may deliver a
- * level-triggered vector again before the handler deasserted the line (PVM does; see
+ * level-triggered vector again before the handler deasserted the line (kvm_pvm does;
  * kvm/README.md), which must cost nothing but a spurious call.
  *
  * results.values: [0] INTx GSI, [1] INTx handled, [2] MSI handled, [3] MSI-X handled,
