@@ -284,3 +284,8 @@ def test_rule_5_request_stop_from_a_loop_timer_ends_a_spinning_guest(payloads: d
     assert result.reason == "stopped" and result.kicks >= 1, result.describe()
     assert result.seconds < 10
     assert result.where.startswith("main+")
+
+
+def test_rule_4_an_ioeventfd_kvm_refuses_leaves_the_write_on_the_exit_path(vmm: KvmMachine) -> None:
+    assert vmm.add_ioeventfd(VIRTIO_MMIO_BASE + 0x50, 4, 0)
+    assert not vmm.add_ioeventfd(VIRTIO_MMIO_BASE + 0x50, 4, 0)  # the same one again: EEXIST
