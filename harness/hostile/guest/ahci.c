@@ -427,6 +427,28 @@ static int ncq_without_sact(struct ctx *c) {
     return 0;
 }
 
+/* Eight queued reads (tags 0-7, PxSACT set as a driver does) whose data is aimed past the
+ * end of RAM: none may complete as a success (SACT cleared without an error). */
+static int ncq_beyond_ram(struct ctx *c) {
+    UP_OR_FAIL(c);
+    for (int s = 0; s < 8; s++) {
+        uint8_t *ct = table(1);
+        h2d(ct, ATA_READ_FPDMA, 8 * s, 0);
+        ct[3] = 8;               /* sector count (features) */
+        ct[12] = (uint8_t)(s << 3); /* tag */
+        set_prd(ct, 0, g.ram_end + 0x10000 * s, 4096);
+        header(s, dw0(5, 1, 0), pa(ct));
+    }
+    mb();
+    pwr(PxSACT, 0xff);
+    pwr(PxCI, 0xff);
+    WAIT_FOR(!prd(PxSACT) || (prd(PxIS) & IS_ERRORS), REACT_MS * 4);
+    if (!prd(PxSACT) && !(prd(PxIS) & IS_ERRORS) && !(prd(PxTFD) & TFD_ERR))
+        return fail(c, "queued reads aimed past the end of RAM completed as successes (PxIS %#x, PxTFD %#x)",
+                    prd(PxIS), prd(PxTFD));
+    return 0;
+}
+
 static int all_slots_garbage(struct ctx *c) {
     UP_OR_FAIL(c);
     uint8_t *ct = table(1); /* all zero: FIS type 0 */
@@ -481,6 +503,19 @@ static int ci_while_stopped(struct ctx *c) {
     return 0;
 }
 
+static int register_sweep(struct ctx *c) {
+    UP_OR_FAIL(c);
+    bar_sweep(c->dev, 5, 0, 0x1000);
+    return 0;
+}
+
+static int config_abuse(struct ctx *c) {
+    UP_OR_FAIL(c);
+    busy_port();
+    config_sweep(c->dev);
+    return 0;
+}
+
 static const struct scenario scenarios[] = {
     {"clb-beyond-ram", "PxCLB past the end of RAM, slot 0 issued", clb_beyond_ram},
     {"clb-straddles-end", "a command list whose slots 16-31 are past the end of RAM, slot 20 issued", clb_straddles_end},
@@ -506,11 +541,14 @@ static const struct scenario scenarios[] = {
     {"lba-beyond-capacity", "READ DMA EXT at LBA 2^48 - 256 (must end in an error)", lba_beyond},
     {"packet-to-disk", "an ATAPI PACKET command to the disk (must end in an error)", packet_to_disk},
     {"ncq-without-sact", "READ FPDMA QUEUED tag 5 in slot 0 without PxSACT", ncq_without_sact},
+    {"ncq-beyond-ram", "eight READ FPDMA QUEUED (tags 0-7, PxSACT set) aimed past the end of RAM", ncq_beyond_ram},
     {"all-slots-garbage", "32 slots issued at once with zeroed FISes and odd headers", all_slots_garbage},
     {"st-clear-mid-io", "eight 128 KiB reads in flight, then PxCMD.ST cleared (CR and CI must clear)", st_clear_mid_io},
     {"comreset-mid-io", "eight 128 KiB reads in flight, then COMRESET", comreset_mid_io},
     {"hba-reset-mid-io", "eight 128 KiB reads in flight, then GHC.HR", hba_reset_mid_io},
     {"ci-while-stopped", "PxCI written with the engine stopped", ci_while_stopped},
+    {"register-sweep", "all ones, then zero, into every dword of the ABAR", register_sweep},
+    {"config-sweep", "reads in flight, all ones into config space 0x40-0xff (PM capability left out)", config_abuse},
 };
 
 static const uint16_t ids[] = {0x2922, 0};

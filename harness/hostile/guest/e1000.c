@@ -7,7 +7,10 @@
  */
 #include "hostile.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CTRL 0x0000
 #define STATUS 0x0008
@@ -413,6 +416,39 @@ static int irq_storm(struct ctx *c) {
     return 0;
 }
 
+/* Registers as data: all ones then zero into every dword of the register window. */
+static int register_sweep(struct ctx *c) {
+    SETUP_OR_FAIL(c, NULL);
+    bar_sweep(c->dev, 0, 0x0000, 0x6000); /* general, interrupt, receive, transmit, statistics, filters */
+    bar_sweep(c->dev, 0, 0x9000, 0xa000); /* flexible filters */
+    return 0;
+}
+
+static int config_abuse(struct ctx *c) {
+    SETUP_OR_FAIL(c, NULL);
+    config_sweep(c->dev);
+    return 0;
+}
+
+/* The I/O window (BAR1, SDM §13.2): IOADDR outside the register space, unaligned, then IODATA. */
+static int io_window(struct ctx *c) {
+    SETUP_OR_FAIL(c, NULL);
+    char path[200];
+    snprintf(path, sizeof path, "%s/resource1", c->dev->path);
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return 0; /* no I/O BAR on this path */
+    static const uint32_t addresses[] = {0x20000, 0xfffffffc, 0x3, 0x1fffe, TDT, CTRL};
+    for (unsigned i = 0; i < sizeof addresses / sizeof addresses[0]; i++) {
+        uint32_t value = addresses[i], data = 0;
+        if (pwrite(fd, &value, 4, 0) != 4) break;
+        if (pread(fd, &data, 4, 4) != 4) break;
+        value = addresses[i] == CTRL ? data : 0xffffffff;
+        if (pwrite(fd, &value, 4, 4) != 4) break;
+    }
+    close(fd);
+    return 0;
+}
+
 static const struct scenario scenarios[] = {
     {"tdt-beyond-ring", "TDT = 100 on a ring of 16 (TDH must stay in the ring)", tdt_beyond},
     {"tdt-equals-size", "TDT = 16 on a ring of 16", tdt_equals_size},
@@ -449,6 +485,9 @@ static const struct scenario scenarios[] = {
     {"bad-descriptor-type", "an extended descriptor of reserved type 0xf", bad_descriptor_type},
     {"rst-mid-io", "15 frames queued, then CTRL.RST", rst_mid_io},
     {"irq-storm", "5000 ICS writes with every cause enabled", irq_storm},
+    {"register-sweep", "all ones, then zero, into every dword of the register ranges of BAR0", register_sweep},
+    {"config-sweep", "all ones into every dword of config space 0x40-0xff (PM capability left out)", config_abuse},
+    {"io-window-abuse", "IOADDR past the register space, unaligned and huge, then IODATA reads and writes", io_window},
 };
 
 static const uint16_t ids[] = {0x100e, 0};

@@ -78,6 +78,8 @@ uint32_t cfg_read(struct pci_dev *d, int off, int size);
 void cfg_write(struct pci_dev *d, int off, int size, uint32_t value);
 void pci_bus_master(struct pci_dev *d, int on);
 int cfg_find_cap(struct pci_dev *d, uint8_t id, int start);
+int bar_sweep(struct pci_dev *d, int bar, uint32_t start, uint32_t end);
+int config_sweep(struct pci_dev *d);
 int dma_map(char *err, size_t n);
 void dma_reset(void);
 void *dma_alloc(size_t size, size_t align);

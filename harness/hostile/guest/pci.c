@@ -153,3 +153,37 @@ void *dma_alloc(size_t size, size_t align) {
 void *dma_at_end(size_t size) { return (void *)(g.dma + g.dma_size - size); }
 
 uint64_t pa(const volatile void *p) { return g.dma_phys + (uint64_t)((const volatile uint8_t *)p - g.dma); }
+
+/* Every dword of ``bar`` in [start, end): all ones written and read back in ascending order,
+ * then zero in descending order (so a register that starts work, such as a doorbell or a
+ * status bit, is cleared before the addresses it uses). Returns the number of dwords swept. */
+int bar_sweep(struct pci_dev *d, int bar, uint32_t start, uint32_t end) {
+    volatile uint8_t *base = d->bar[bar].map;
+    if (!base) return 0;
+    if (end > d->bar[bar].size) end = (uint32_t)d->bar[bar].size;
+    start &= ~3u;
+    end &= ~3u;
+    for (uint32_t off = start; off < end; off += 4) {
+        wr32(base, off, 0xffffffff);
+        (void)rd32(base, off);
+    }
+    for (uint32_t off = end; off > start; off -= 4) wr32(base, off - 4, 0);
+    return (int)((end - start) / 4);
+}
+
+/* Every dword of the device-specific config space (0x40-0xff) except the power management
+ * capability (a D3hot -> D0 transition may reset the function, BARs included: architected,
+ * not a failure): all ones, read back, then the old value. */
+int config_sweep(struct pci_dev *d) {
+    int pm = cfg_find_cap(d, 0x01, 0);
+    int swept = 0;
+    for (int off = 0x40; off < 0x100; off += 4) {
+        if (pm && off >= pm && off < pm + 8) continue;
+        uint32_t old = cfg_read(d, off, 4);
+        cfg_write(d, off, 4, 0xffffffff);
+        (void)cfg_read(d, off, 4);
+        cfg_write(d, off, 4, old);
+        swept++;
+    }
+    return swept;
+}

@@ -152,6 +152,17 @@ static int msix_masked_storm(struct ctx *c) {
     return 0;
 }
 
+static int register_sweep(struct ctx *c) {
+    bar_sweep(c->dev, 0, 0, 0x1000);
+    bar_sweep(c->dev, 2, 0, 0x1000);
+    return 0;
+}
+
+static int config_abuse(struct ctx *c) {
+    config_sweep(c->dev);
+    return 0;
+}
+
 static const struct scenario scenarios[] = {
     {"dma-src-beyond-ram", "copy from the first address past RAM", src_beyond_ram},
     {"dma-dst-beyond-ram", "copy to a page past RAM", dst_beyond_ram},
@@ -169,6 +180,8 @@ static const struct scenario scenarios[] = {
     {"irq-storm", "20000 raise/acknowledge pairs", irq_storm},
     {"msix-masked-storm", "MSI-X vector 0 masked, 20000 raises; pending bit set (INTx storm without MSI-X)",
      msix_masked_storm},
+    {"register-sweep", "all ones, then zero, into every dword of BAR0 and BAR2 (MSI-X)", register_sweep},
+    {"config-sweep", "all ones into every dword of config space 0x40-0xff (PM capability left out)", config_abuse},
 };
 
 static const uint16_t ids[] = {0xde70, 0};

@@ -69,7 +69,7 @@ int v_open(struct ctx *c, int net) {
         if (bar >= MAX_BARS || !d->bar[bar].map || off + (uint64_t)len > d->bar[bar].size) continue;
         volatile uint8_t *at = d->bar[bar].map + off;
         switch (type) {
-        case 1: v->common = at; v->common_phys = d->bar[bar].phys + off; break;
+        case 1: v->common = at; v->common_phys = d->bar[bar].phys + off; v->common_bar = bar; break;
         case 2: v->notify_base = at; v->notify_mult = cfg_read(d, pos + 16, 4); notify_len = len; break;
         case 3: v->isr = at; break;
         case 4: v->devcfg = at; break;
@@ -256,7 +256,7 @@ int avail_idx_jump(struct ctx *c) {
     q->avail[1] = q->avail_idx;
     vq_kick(q);
     sleep_ms(REACT_MS);
-    return used_sane(c, q, q->size);
+    return used_sane(c, q, q->size + 5); /* as many as avail.idx claims, each naming a real head */
 }
 
 int head_out_of_range(struct ctx *c) {
@@ -495,4 +495,20 @@ int reset_mid_io(struct ctx *c) {
     }
     vq_kick(q);
     return v_reset(c);
+}
+
+int register_sweep(struct ctx *c) {
+    INIT_OR_FAIL(c, NULL);
+    struct vq *q = work_queue(c);
+    build_req(c, q, 0, 512);
+    vq_publish(q, 0);
+    vq_kick(q);
+    bar_sweep(c->dev, V(c)->common_bar, 0, 0x10000);
+    return 0;
+}
+
+int config_sweep_scenario(struct ctx *c) {
+    INIT_OR_FAIL(c, NULL);
+    config_sweep(c->dev);
+    return 0;
 }

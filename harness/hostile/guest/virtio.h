@@ -36,6 +36,7 @@ struct ring_override {
 struct vdev {
     volatile uint8_t *common, *notify_base, *isr, *devcfg;
     uint64_t common_phys;
+    int common_bar;
     uint32_t notify_mult;
     uint64_t offered;
     int net;
@@ -93,7 +94,9 @@ void req_tail(struct ctx *c, volatile struct vdesc *d);
     X(queue_size_odd, "queue-size-not-pow2", "queue_size 15 written before queue_enable")                     \
     X(notify_bogus_queue, "notify-bogus-queue", "notifications for queues 7 and 0xffff")                       \
     X(kick_before_driver_ok, "kick-before-driver-ok", "a request and a kick before DRIVER_OK")                \
-    X(reset_mid_io, "reset-mid-io", "five requests in flight, then device_status = 0")
+    X(reset_mid_io, "reset-mid-io", "five requests in flight, then device_status = 0")                      \
+    X(register_sweep, "register-sweep", "all ones, then zero, into every dword of the BAR with the common config") \
+    X(config_sweep_scenario, "config-sweep", "all ones into config space 0x40-0xff (PM capability left out)")
 
 #define DECLARE_SCENARIO(fn, name, what) int fn(struct ctx *c);
 RING_SCENARIOS(DECLARE_SCENARIO)
