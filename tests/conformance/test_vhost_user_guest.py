@@ -37,7 +37,7 @@ from tests.prerequisites import missing, need
 from virtio.blk import VirtioBlkDevice
 from virtio.defs import DEVICE_NEEDS_RESET, DRIVER_OK
 from virtio.net import VirtioNetDevice
-from virtio.vhost_user import VhostUserServer, glue_for
+from virtio.vhost_user import ServedGlue, VhostUserServer
 
 pytestmark = pytest.mark.guest
 
@@ -139,7 +139,7 @@ class _Inject:
     loop thread (the only thread that may touch the device)."""
 
     def __init__(self, device: VirtioBlkDevice, action: Callable[[], None]) -> None:
-        self.inner = glue_for(device)
+        self.inner = ServedGlue(device)
         self.action = action
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.done = threading.Event()
