@@ -19,12 +19,15 @@ Rules:
 3. One ``EventLoop`` serves the client's socket and, through ``DeviceRunner``, the device's
    backends and timers.
 4. It does not daemonize; SIGTERM and SIGINT end it cleanly (exit 0), SIGUSR1 prints a
-   stats line.
+   stats line: ``vfio-user stats: messages=N bar_reads=N bar_writes=N ...`` with the
+   server's counters (``passthrough.user.server.ServerStats``, over every client so far),
+   ``rejected`` and the backends' counters, as ``devmodels mpqemu`` prints its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             listener.close()  # unblocks accept()
 
     def stats() -> None:
-        write_stats("vfio-user", {"rejected": server.rejected, **built.counters()})
+        write_stats("vfio-user", {**dataclasses.asdict(server.stats), "rejected": server.rejected,
+                                  **built.counters()})
 
     try:
         with signals(stop, stats):

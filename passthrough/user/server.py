@@ -66,6 +66,9 @@ Rules:
     ``DeviceRunner`` serving the same device catches its clock up before each message and
     runs its posted work after it — after the reply, or right away for a posted
     (``NO_REPLY``) region write.
+12. ``stats`` counts what the server handled (``ServerStats``: every message received,
+    BAR and config accesses, posted writes, the DMA messages it sent), for stats lines
+    and benchmarks; a disconnect does not clear them.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ import logging
 import mmap
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from devmodels import GuestMemory, GuestMemoryError, trace
@@ -141,7 +145,7 @@ from .irqs import ServerInterrupts
 from .migration import MigrationStateMachine
 from .negotiate import VersionCapabilities, VersionError, decode_version, encode_version, negotiate
 
-__all__ = ["VfioUserServer", "access_pieces"]
+__all__ = ["ServerStats", "VfioUserServer", "access_pieces"]
 
 _log = logging.getLogger("devmodels.passthrough.vfio_user")
 _tp_reject = trace.tracepoint("vfio_user.reject")
@@ -184,6 +188,23 @@ def _unpack(layout: Layout[T], payload: bytes) -> T:
 def _check_argsz(argsz: int, fixed: int, name: str) -> None:
     if argsz < fixed:
         raise VfioUserReject(errno.EINVAL, f"{name}: argsz {argsz} is smaller than the {fixed}-byte structure")
+
+
+@dataclass
+class ServerStats:
+    """What the server handled (rule 12): every message received (``messages``), region
+    accesses by kind (a ``REGION_WRITE_MULTI`` counts each write in it), the writes among
+    them the client posted (``NO_REPLY``), and the ``DMA_READ``/``DMA_WRITE`` messages the
+    server sent."""
+
+    messages: int = 0
+    bar_reads: int = 0
+    bar_writes: int = 0
+    config_reads: int = 0
+    config_writes: int = 0
+    posted_writes: int = 0
+    write_multi: int = 0
+    dma_messages: int = 0
 
 
 class VfioUserServer:
@@ -233,6 +254,7 @@ class VfioUserServer:
         self._next_id = 0
         self._closing = False
         self.rejected = 0
+        self.stats = ServerStats()
         self._handlers: dict[int, Callable[[Message], tuple[bytes, list[int]]]] = {
             VFIO_USER_VERSION: self._version,
             VFIO_USER_DMA_MAP: self._dma_map,
@@ -361,6 +383,7 @@ class VfioUserServer:
 
     def dispatch(self, message: Message) -> None:
         """Handle one received message and send its reply (rules 1, 2)."""
+        self.stats.messages += 1
         kind = message.flags & VFIO_USER_F_TYPE_MASK
         if kind == VFIO_USER_F_TYPE_REPLY:
             message.close_fds()  # a reply to nothing we asked: drop it
@@ -560,9 +583,11 @@ class VfioUserServer:
         fn = self.function
         out = bytearray()
         if request.region == VFIO_PCI_CONFIG_REGION_INDEX:
+            self.stats.config_reads += 1
             for pos, size in access_pieces(request.offset, request.count, 4):
                 out += fn.config_read(pos, size).to_bytes(size, "little")
         else:
+            self.stats.bar_reads += 1
             for pos, size in access_pieces(request.offset, request.count, 8):
                 out += fn.bar_read(request.region, pos, size).to_bytes(size, "little")
         return message.payload + bytes(out), []
@@ -574,15 +599,19 @@ class VfioUserServer:
         if len(data) != request.count:
             raise VfioUserReject(errno.EINVAL, f"REGION_WRITE count {request.count} but {len(data)} data bytes")
         self._check_access(request.region, request.offset, request.count)
+        if message.no_reply:
+            self.stats.posted_writes += 1
         self._write(request.region, request.offset, data)
         return message.payload[: vfio_user_region_access.size], []
 
     def _write(self, region: int, offset: int, data: bytes) -> None:
         """One checked client write, split like the bus (rules 3, 5)."""
         if region == VFIO_PCI_CONFIG_REGION_INDEX:
+            self.stats.config_writes += 1
             for pos, size in access_pieces(offset, len(data), 4):
                 self._config_write(pos, size, int.from_bytes(data[pos - offset : pos - offset + size], "little"))
             return
+        self.stats.bar_writes += 1
         for pos, size in access_pieces(offset, len(data), 8):
             value = int.from_bytes(data[pos - offset : pos - offset + size], "little")
             if self._msix_structure(region, pos, size):
@@ -600,6 +629,7 @@ class VfioUserServer:
         step = vfio_user_write_multi_entry.size
         if len(message.payload) != vfio_user_write_multi_count.size + count * step:
             raise VfioUserReject(errno.EINVAL, f"REGION_WRITE_MULTI of {count} writes has {len(message.payload)} bytes")
+        self.stats.write_multi += 1
         for i in range(count):
             entry = vfio_user_write_multi_entry.unpack(message.payload, vfio_user_write_multi_count.size + i * step)
             if not 0 < entry.count <= VFIO_USER_MULTI_DATA:
@@ -737,6 +767,7 @@ class VfioUserServer:
             raise GuestMemoryError(address, count, "no vfio-user client connected")
         self._next_id = (self._next_id + 1) & 0xFFFF
         msg_id = self._next_id
+        self.stats.dma_messages += 1
         try:
             conn.send(msg_id, command, payload)
             while True:
