@@ -18,8 +18,11 @@ __all__ = ["SUBCOMMANDS", "main"]
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "rings": ("bench.rings", "main", "virtqueue pop+push per chain, split and packed: Cython vs pure Python"),
     "vhost-user-blk": ("bench.vhost_user_blk", "main", "fio in a TCG guest: devmodels vhost-user-blk vs qemu-storage-daemon"),
-    "e1000": ("bench.e1000", "main", "echo rate and TCP throughput over TAP: devmodels e1000 (proxy) vs QEMU's e1000"),
-    "ahci": ("bench.ahci", "main", "fio in a TCG guest: devmodels AHCI (proxy) vs QEMU's built-in AHCI"),
+    "e1000": ("bench.e1000", "main",
+              "echo rate and TCP throughput over TAP: devmodels e1000 (proxy or vfio-user) vs QEMU's e1000"),
+    "ahci": ("bench.ahci", "main", "fio in a TCG guest: devmodels AHCI (proxy or vfio-user) vs QEMU's built-in AHCI"),
+    "virtio-blk": ("bench.virtio_blk", "main",
+                   "fio in a QEMU 11.1 guest: devmodels virtio-blk on our virtio-pci over vfio-user vs virtio-blk-pci"),
     "kvm": ("bench.kvm", "main", "our devices in KVM in process: exits/s, kick vs hand-off, MSI paths, in-process vs vfio-user"),
 }
 

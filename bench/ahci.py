@@ -1,10 +1,13 @@
-"""``python -m bench ahci``: devmodels' AHCI behind x-pci-proxy-dev against QEMU's built-in AHCI.
+"""``python -m bench ahci``: devmodels' AHCI against QEMU's built-in AHCI in one guest, behind
+x-pci-proxy-dev (QEMU 7.2) or over vfio-user (QEMU 11.1).
 
 One TCG guest gets two AHCI controllers, each with one disk of the same size, both raw
 image files in the same host directory:
 
-- ``ours``: devmodels' ICH9 AHCI served by ``python -m devmodels mpqemu --device
-  ahci --backend file:OURS.img`` to ``x-pci-proxy-dev`` at PCI ``00:04.0``;
+- ``ours``: devmodels' ICH9 AHCI at PCI ``00:04.0``. ``--path proxy``: served by ``python -m
+  devmodels mpqemu --device ahci --backend file:OURS.img`` to ``x-pci-proxy-dev``.
+  ``--path vfio-user``: served by ``devmodels vfio-user`` (with its MSI capability) to QEMU
+  11.1's ``vfio-user-pci`` (``bench.vfio_user``);
 - ``peer``: ``-device ahci`` at ``00:05.0`` with ``ide-hd`` on ``-drive ...,aio=threads``.
 
 Both report 8086:2922, so the guest tells the disks apart by PCI path
@@ -14,9 +17,10 @@ both sides: by default our ``RawFileBackend`` is buffered, so the peer gets
 ``--cache none`` ours opens its image ``O_DIRECT`` (``--opt direct=on``) and the peer gets
 ``cache=none``.
 
-QEMU 7.2's proxy delivers INTx only through KVM irqfds, so the guest boots with ``irqpoll
-nolapic_timer nohz=off``: every AHCI handler is polled at each 250 Hz timer tick. Both disks
-live in that one guest, so the peer runs under the same command line. The proxy path needs
+QEMU 7.2's proxy delivers INTx only through KVM irqfds, so on that path the guest boots with
+``irqpoll nolapic_timer nohz=off``: every AHCI handler is polled at each 250 Hz timer tick.
+Both disks live in that one guest, so the peer runs under the same command line. Over
+vfio-user interrupts are real (MSI) and the command line is the default. The proxy path needs
 QEMU 7.2 (``--path proxy``; 11.1's proxy segfaults under TCG); the guest gets ``--smp``/
 ``--maxcpus`` vCPUs, one online of two by default so that TCG keeps its memory barriers
 (``bench.common`` rule 5).
@@ -35,7 +39,10 @@ and ``ratio_runs`` (4k random read), ``ours_seqread_mbps``/``peer_seqread_mbps``
 ``guest`` (QEMU version, vCPUs, barriers), and ``jobs`` with every job's medians and runs.
 Each job row also has ``ours_accesses_per_io`` (proxied BAR accesses per fio I/O),
 ``ours_messages_per_io`` and ``ours_server_cpu_us_per_io`` (our server's user+system CPU per
-I/O, from /proc), each with its ``_runs``, and ``ours_counters`` (the deltas of every run).
+I/O, from /proc), ``ours_qemu_cpu_us_per_io`` and ``peer_qemu_cpu_us_per_io`` (the whole QEMU
+process's CPU over each disk's runs: for the peer, all the host spends), and
+``ours_host_cpu_us_per_io`` (server + QEMU), each with its ``_runs``, and ``ours_counters``
+(the deltas of every run).
 ``--profile FILE`` runs our server under cProfile. ``--host`` skips the guest: a libahci-like
 driver in this process drives our server over the same socket protocol (4 KiB NCQ reads at
 QD32, ``--think-us`` of simulated guest time per command) and reports the round trip per
@@ -71,6 +78,7 @@ from .common import (
     PerIoField,
     Plan,
     Sampler,
+    Samplers,
     add_guest_options,
     end_process,
     fio_append,
@@ -88,6 +96,7 @@ from .common import (
     watch,
     workdir,
 )
+from .vfio_user import QEMU_CPU, SERVER_CPU, VFIO_USER, qemu_cpu, serve
 
 __all__ = ["main", "CACHE_MODES", "OURS_BDF", "PEER_BDF", "PATHS", "Params", "Booted", "boot", "guest_script",
            "run_host", "summarize"]
@@ -96,11 +105,15 @@ TEST = "bench-ahci"
 HOST_JOB = "host-randread-4k-qd32"
 OURS_BDF = "0000:00:04.0"
 PEER_BDF = "0000:00:05.0"
-PATHS = (Attachment("proxy", ("7.2",), "x-pci-proxy-dev to devmodels mpqemu; 11.1's proxy segfaults under TCG"),)
+PATHS = (Attachment("proxy", ("7.2",), "x-pci-proxy-dev to devmodels mpqemu; 11.1's proxy segfaults under TCG"),
+         VFIO_USER)
 PER_IO = (
     PerIoField("ours_accesses_per_io", "accesses/IO", "ours", ("bar_reads", "bar_writes")),
     PerIoField("ours_messages_per_io", "messages/IO", "ours", ("messages",)),
-    PerIoField("ours_server_cpu_us_per_io", "server CPU us/IO", "ours", ("cpu_ns",), 1e-3, 1),
+    PerIoField("ours_server_cpu_us_per_io", "server CPU us/IO", "ours", (SERVER_CPU,), 1e-3, 1),
+    PerIoField("ours_qemu_cpu_us_per_io", "QEMU CPU us/IO ours", "ours", (QEMU_CPU,), 1e-3, 1),
+    PerIoField("peer_qemu_cpu_us_per_io", "QEMU CPU us/IO peer", "peer", (QEMU_CPU,), 1e-3, 1),
+    PerIoField("ours_host_cpu_us_per_io", "host CPU us/IO ours", "ours", (SERVER_CPU, QEMU_CPU), 1e-3, 1),
 )
 
 # --cache: (our server's --opt, the peer's -drive cache=)
@@ -203,27 +216,38 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
     for img in (ours_img, peer_img):
         make_image(img, params.size_mb)
     server_opts, peer_cache = CACHE_MODES[params.cache]
-    server_log = work / "server.log"
+    peer = [
+        "-device", f"ahci,id=ahci1,addr={PEER_BDF[-4:]}",
+        "-drive", f"if=none,id=d1,file={peer_img},format=raw,cache={peer_cache},aio=threads",
+        "-device", "ide-hd,drive=d1,bus=ahci1.0",
+    ]
+    fio_words = fio_append(runs=params.runs, runtime=params.runtime, size_mb=params.size_mb, jobs=params.jobs)
     with contextlib.ExitStack() as stack:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        stack.callback(theirs.close)
-        log = stack.enter_context(open(server_log, "wb"))
-        server = _spawn_server(ours, ours_img, [*server_opts, *params.ours_opts], log, params.profile)
-        stack.callback(_wait_then_end, server)
-        ours.close()
-        args = [
-            "-device", f"x-pci-proxy-dev,id=dev0,fd={theirs.fileno()},addr={OURS_BDF[-4:]}",
-            "-device", f"ahci,id=ahci1,addr={PEER_BDF[-4:]}",
-            "-drive", f"if=none,id=d1,file={peer_img},format=raw,cache={peer_cache},aio=threads",
-            "-device", "ide-hd,drive=d1,bus=ahci1.0",
-        ]
-        append = [*POLLED_INTX_APPEND, *fio_append(runs=params.runs, runtime=params.runtime, size_mb=params.size_mb,
-                                                   jobs=params.jobs)]
+        pass_fds: list[int] = []
+        if config.path == VFIO_USER.name:
+            # ICH9 AHCI with its MSI capability: vfio-user delivers it, no polling.
+            served = serve(stack, work, "ours", "ahci", [f"file:{ours_img}"], [*server_opts, *params.ours_opts],
+                           profile=params.profile)
+            server, server_log, stats = served.process, served.log, served.sampler("ours")
+            args, append = [*served.device_args(OURS_BDF[-4:]), *peer], fio_words
+        else:
+            server_log = work / "server.log"
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            stack.callback(theirs.close)
+            log = stack.enter_context(open(server_log, "wb"))
+            server = _spawn_server(ours, ours_img, [*server_opts, *params.ours_opts], log, params.profile)
+            stack.callback(_wait_then_end, server)
+            ours.close()
+            stats = MpqemuStats(server.pid, server_log)
+            pass_fds = [theirs.fileno()]
+            args = ["-device", f"x-pci-proxy-dev,id=dev0,fd={theirs.fileno()},addr={OURS_BDF[-4:]}", *peer]
+            append = [*POLLED_INTX_APPEND, *fio_words]
         launcher = stack.enter_context(QemuLauncher.for_image(
             image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
-            pass_fds=[theirs.fileno()], qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
-        theirs.close()  # QEMU holds its copy: the server sees end of stream when QEMU exits
-        yield Booted(LauncherSession(launcher), MpqemuStats(server.pid, server_log),
+            pass_fds=pass_fds, qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
+        if pass_fds:
+            theirs.close()  # QEMU holds its copy: the server sees end of stream when QEMU exits
+        yield Booted(LauncherSession(launcher), Samplers(stats, qemu_cpu(launcher.pid, ("ours", "peer"))),
                      processes_alive({"ours": server}, {"ours": server_log}), {"ours": server_log})
 
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DONE_CHECK", "FIO_JOBS", "GUEST_FUNCTIONS", "HEADLINE_JOB", "Attachment", "BenchFailure", "Comparison",
     "Deadlines", "Figure", "FioJob", "GuestConfig", "GuestRuns", "GuestSession", "Health", "Key", "LauncherSession",
-    "MpqemuStats", "PerIo", "PerIoField", "Plan", "ProcessCpu", "Run", "RunFailed", "Sampler", "add_guest_options",
+    "MpqemuStats", "PerIo", "PerIoField", "Plan", "ProcessCpu", "Run", "RunFailed", "Sampler", "Samplers", "add_guest_options",
     "check_ratios", "compare", "cpu_ns", "end_process", "fio_append", "fio_deadlines", "fio_figure", "fio_guest_loop",
     "fio_summary", "fio_table", "fmt", "guest_config", "make_image", "need", "parse_mpqemu_stats", "per_io",
     "processes_alive", "python_env", "run_main", "runs_text", "watch", "workdir",
@@ -621,27 +621,52 @@ def cpu_ns(pid: int) -> int | None:
 
 
 class ProcessCpu:
-    """A ``Sampler``: ``cpu_ns`` of the server process that serves each side."""
+    """A ``Sampler``: ``cpu_ns`` of the process that serves each side, under ``key``
+    (``"cpu_ns"`` for a server; ``"qemu_cpu_ns"`` for the QEMU that runs both sides' guest)."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, int], key: str = "cpu_ns") -> None:
         self.pids = dict(pids)
+        self.key = key
         self.lost: str | None = None
 
     def __call__(self, side: str, job: str, run: int, edge: str) -> Mapping[str, float] | None:
         pid = self.pids.get(side)
         ns = cpu_ns(pid) if pid is not None else None
-        return None if ns is None else {"cpu_ns": float(ns)}
+        return None if ns is None else {self.key: float(ns)}
 
 
-_STATS = re.compile(r"mpqemu stats: (.*)")
+class Samplers:
+    """A ``Sampler`` made of several: each sample is the union of theirs (None when none
+    answered); ``lost`` is the first of theirs that is set."""
+
+    def __init__(self, *samplers: Sampler) -> None:
+        self.samplers = samplers
+        self.lost: str | None = None
+
+    def __call__(self, side: str, job: str, run: int, edge: str) -> Mapping[str, float] | None:
+        out: dict[str, float] = {}
+        answered = False
+        for sampler in self.samplers:
+            sample = sampler(side, job, run, edge)
+            if sample is not None:
+                answered = True
+                out.update(sample)
+        self.lost = next((s.lost for s in self.samplers if s.lost is not None), None)
+        return out if answered else None
 
 
-def parse_mpqemu_stats(text: str) -> list[dict[str, int]]:
-    """The ``mpqemu stats:`` lines (one per SIGUSR1) of a server log, in order."""
+_STATS = re.compile(r"(\S+) stats: (.*)")
+
+
+def parse_mpqemu_stats(text: str, prefix: str = "mpqemu") -> list[dict[str, int]]:
+    """The ``PREFIX stats:`` lines (one per SIGUSR1) of a server log, in order
+    (``mpqemu`` for ``devmodels mpqemu``, ``vfio-user`` for ``devmodels vfio-user``)."""
     out = []
     for match in _STATS.finditer(text):
+        if match.group(1) != prefix:
+            continue
         fields = {}
-        for word in match.group(1).split():
+        for word in match.group(2).split():
             name, _, value = word.partition("=")
             if value.isdigit():
                 fields[name] = int(value)
@@ -650,16 +675,18 @@ def parse_mpqemu_stats(text: str) -> list[dict[str, int]]:
 
 
 class MpqemuStats:
-    """A ``Sampler`` for our ``devmodels mpqemu`` server on one side: SIGUSR1, then wait for
-    the ``mpqemu stats:`` line it answers with (in ``log``), plus its ``cpu_ns``.
+    """A ``Sampler`` for our server on one side: SIGUSR1, then wait for the ``PREFIX stats:``
+    line it answers with (in ``log``; ``prefix`` is ``mpqemu`` for ``devmodels mpqemu``,
+    ``vfio-user`` for ``devmodels vfio-user``), plus its ``cpu_ns``.
 
     One signal is outstanding at a time, so the N-th line answers the N-th signal. If a line
     does not come within ``timeout`` s, that sample and every later one are None (``lost``
     says why): a late line can never be taken for another run's (rule 4).
     """
 
-    def __init__(self, pid: int, log: Path, *, side: str = "ours", timeout: float = 5.0) -> None:
-        self.pid, self.log, self.side, self.timeout = pid, log, side, timeout
+    def __init__(self, pid: int, log: Path, *, side: str = "ours", timeout: float = 5.0,
+                 prefix: str = "mpqemu") -> None:
+        self.pid, self.log, self.side, self.timeout, self.prefix = pid, log, side, timeout, prefix
         self.sent = 0
         self.lost: str | None = None
         self._lines: list[dict[str, int]] = []
@@ -676,7 +703,7 @@ class MpqemuStats:
         self._offset += len(chunk)
         text = self._partial + chunk.decode("utf-8", errors="replace")
         complete, _, self._partial = text.rpartition("\n")
-        self._lines += parse_mpqemu_stats(complete)
+        self._lines += parse_mpqemu_stats(complete, self.prefix)
 
     def __call__(self, side: str, job: str, run: int, edge: str) -> Mapping[str, float] | None:
         if side != self.side or self.lost is not None:

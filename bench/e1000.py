@@ -1,29 +1,37 @@
-"""``python -m bench e1000``: devmodels' e1000 behind x-pci-proxy-dev against QEMU's built-in e1000.
+"""``python -m bench e1000``: devmodels' e1000 against QEMU's built-in e1000, behind
+x-pci-proxy-dev (QEMU 7.2) or over vfio-user (QEMU 11.1).
 
-The same guest image boots once per mode, each time with one e1000 on a TAP whose host side
-sits in a fresh network namespace (``10.0.3.1/24``, the kernel's own stack answers ping; a
-TCP sink from ``harness.conformance.cases.e1000_tap`` counts and hashes what arrives):
+Each e1000 sits on a TAP whose host side is in a fresh network namespace of its own, on its
+own subnet (``NICS``: 10.0.N.1 in the namespace, 10.0.N.2 in the guest; the kernel's own
+stack answers ping; a TCP sink from ``harness.conformance.cases.e1000_tap`` counts and
+hashes what arrives). The guest finds each NIC by its PCI function:
 
-- ``ours``: devmodels' 82540EM served by ``python -m devmodels mpqemu --backend
-  tap:NAME`` to ``x-pci-proxy-dev``. QEMU 7.2's proxy delivers INTx only through KVM
-  irqfds, so this guest needs ``irqpoll nolapic_timer nohz=off`` (interrupts are serviced
-  from the 250 Hz timer tick).
-- ``peer``: ``-netdev tap,ifname=NAME,script=no,downscript=no -device e1000``, default
-  kernel command line (real INTx).
-- ``peer-polled``: the same built-in device with ours' kernel parameters, for fairness.
+- ``ours`` (``00:04.0``): devmodels' 82540EM. ``--path proxy``: served by ``devmodels
+  mpqemu --backend tap:NAME`` to ``x-pci-proxy-dev`` (QEMU 7.2, whose proxy delivers INTx
+  only through KVM irqfds, so the guest needs ``irqpoll nolapic_timer nohz=off``: interrupts
+  are serviced from the 250 Hz tick). ``--path vfio-user``: served by ``devmodels vfio-user``
+  to QEMU 11.1's ``vfio-user-pci`` (``bench.vfio_user``), real INTx, default command line.
+- ``peer`` (``00:05.0``): ``-netdev tap,... -device e1000``, default kernel command line.
+- ``peer-polled``: the same built-in device with the proxy path's kernel parameters, for
+  fairness (proxy path only).
 
-Every mode boots under the same QEMU (``--qemu``; the proxy path, ``--path proxy``, needs
-7.2, whose proxy segfaults under 11.1 TCG) with ``--smp``/``--maxcpus`` vCPUs (one online of
-two by default, so that 7.2's TCG keeps the guest's memory barriers: ``bench.common`` rule 5).
+Behind the proxy each mode boots its own guest (the polled command line is the whole
+guest's). Over vfio-user ours and peer share one guest and take turns within each run, so
+their ratio comes from the same guest and the same minutes of host load. Guests get
+``--smp``/``--maxcpus`` vCPUs (under 7.2 one online of two by default, so that its TCG keeps
+the guest's memory barriers: ``bench.common`` rule 5).
 
 Per run the guest measures (i) ICMP echo round trips per second, ``ping -q -A -c COUNT``
 timed with the guest clock (job ``echo``; every request must be answered), and (ii) TCP
 throughput guest -> namespace, ``nc`` sending ``--mib`` MiB from tmpfs, timed by the sink
 from first byte to end of stream (job ``tcp``; MB = 10**6 bytes; every byte must arrive).
-Figures are medians over ``--runs``; ratios are ours / peer over equally many runs. For our
-server the bench samples its counters (SIGUSR1) and CPU time at each run's begin and end:
-socket messages and server CPU per echo and per MiB sent. A job that hangs or ends without
-a figure stops the bench with exit status 1, naming the job and the mode.
+Figures are medians over ``--runs``; ratios are ours / peer over equally many runs. At each
+run's begin and end the bench samples our server's counters (SIGUSR1: socket messages, BAR
+accesses), its CPU time and the QEMU process's CPU time (``/proc``: user + system, all
+threads), for per echo and per MiB: messages, our server's CPU, QEMU's CPU (each mode's
+own; for the peer that is all the host spends) and the host's for ours (server + QEMU). A
+job that hangs or ends without a figure stops the bench with exit status 1, naming the job
+and the mode.
 
 Before the boots, ``access_latency`` times the per-access path without a guest: a stand-in
 for QEMU's proxy (``mpqemu.testing.FakeProxy``, one ``sendmsg`` and one
@@ -37,9 +45,12 @@ Output: a table, or with ``--json`` one object with ``ours_pps``, ``peer_pps``, 
 and ``ratio_runs`` (echo, ours / peer), ``ours_mbps``, ``peer_mbps``, ``mbps_ratio`` and
 ``mbps_ratio_runs``, the same against ``peer-polled`` (``peer_polled_pps``, ``ratio_polled``,
 ``peer_polled_mbps``, ``mbps_ratio_polled``, each ratio with its ``_runs``) for the modes run,
-``modes`` with every run, ``guest`` (QEMU version, vCPUs, barriers) and ``access_us``
-(per-access medians). ``--profile FILE`` runs our server under cProfile. Needs root
-(namespaces, TAP), qemu-system-x86_64 and iproute2.
+per mode ``MODE_messages_per_echo``, ``MODE_server_cpu_us_per_echo``,
+``MODE_qemu_cpu_us_per_echo``, ``MODE_host_cpu_us_per_echo`` (those measured, each with its
+``_runs``), ``modes`` with every run and the per-MiB figures, ``guest`` (QEMU version,
+vCPUs, barriers) and ``access_us`` (per-access medians). ``--profile FILE`` runs our server
+under cProfile. Needs root (namespaces, TAP; QEMU 11.1 runs in a chroot),
+qemu-system-x86_64 and iproute2.
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +87,7 @@ from .common import (
     Run,
     RunFailed,
     Sampler,
+    Samplers,
     add_guest_options,
     compare,
     end_process,
@@ -89,37 +101,90 @@ from .common import (
     watch,
     workdir,
 )
+from .vfio_user import QEMU_CPU, SERVER_CPU, VFIO_USER, qemu_cpu, serve
 
 __all__ = ["main", "MODES", "PATHS", "JOBS", "Params", "Booted", "boot", "guest_script", "figure", "summarize",
            "access_latency"]
 
-# mode: (description, uses polled-INTx kernel parameters)
+# mode: (description, uses polled-INTx kernel parameters on the proxy path)
 MODES: dict[str, tuple[str, bool]] = {
-    "ours": ("devmodels e1000 (proxy, polled INTx)", True),
+    "ours": ("devmodels e1000", True),
     "peer": ("QEMU e1000", False),
     "peer-polled": ("QEMU e1000, polled-INTx cmdline", True),
 }
 JOBS = ("echo", "tcp")
 TEST = "bench-e1000"
-PATHS = (Attachment("proxy", ("7.2",), "x-pci-proxy-dev to devmodels mpqemu; 11.1's proxy segfaults under TCG"),)
+PATHS = (Attachment("proxy", ("7.2",), "x-pci-proxy-dev to devmodels mpqemu; 11.1's proxy segfaults under TCG"),
+         VFIO_USER)
+# mode: (the NIC's PCI function in the guest, its subnet 10.0.N.0/24: host .1, guest .2)
+NICS: dict[str, tuple[str, int]] = {
+    "ours": ("0000:00:04.0", 3),
+    "peer": ("0000:00:05.0", 4),
+    "peer-polled": ("0000:00:05.0", 4),
+}
 
 
-def guest_script() -> str:
-    """The guest side; its parameters come from the kernel command line (``dmbench.*``)."""
-    from harness.conformance.cases.e1000_tap import GUEST_IP, HOST_IP, PREFIX_LEN, SINK_PORT
+def host_ip(mode: str) -> str:
+    """The namespace's address on ``mode``'s subnet."""
+    return f"10.0.{NICS[mode][1]}.1"
 
-    return GUEST_FUNCTIONS + rf"""
-runs=$(cmdline_value dmbench.runs); count=$(cmdline_value dmbench.count); mib=$(cmdline_value dmbench.mib)
-side=$(cmdline_value dmbench.side)
-check_pci_driver bench.bound 8086:100e e1000 || exit 0
-if ! wait_for /sys/class/net/eth0 5; then report bench.eth0 FAIL "no eth0"; exit 0; fi
-ip link set eth0 up
-ip addr add {GUEST_IP}/{PREFIX_LEN} dev eth0
-n=0
-while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-n=0
-while ! ping -c 1 -W 1 {HOST_IP} >/dev/null 2>&1 && [ $n -lt 30 ]; do n=$((n + 1)); done
-check bench.ping ping -c 3 -W 5 {HOST_IP} || exit 0
+
+def boots(modes: Sequence[str], path: str) -> list[tuple[str, ...]]:
+    """The guests to boot, each with the modes it carries: over vfio-user ours and peer share
+    one guest (both NICs, runs taking turns); behind the proxy each mode boots alone (its
+    polled-INTx command line applies to the whole guest)."""
+    if path == VFIO_USER.name:
+        return [tuple(m for m in modes if m != "peer-polled")]
+    return [(mode,) for mode in modes]
+
+
+def polled(mode: str, path: str) -> bool:
+    """Whether ``mode``'s guest needs the polled-INTx command line."""
+    return MODES[mode][1] and path != VFIO_USER.name
+
+
+def nic_setup_script(nics: Mapping[str, tuple[str, int, str]]) -> str:
+    """Guest shell that brings up the NIC of each side in ``$sides``: ``nics`` maps a side to
+    (its PCI function, its subnet N of 10.0.N.0/24, the Linux driver that must own it). The
+    guest takes .2, the host's namespace has .1; ``host_of SIDE`` prints the host's address.
+    A NIC that is missing, owned by another driver or unreachable fails a ``bench.*`` check."""
+    cases = "\n".join(f"        {side}) echo {bdf} {net} {driver} ;;" for side, (bdf, net, driver) in nics.items())
+    return rf"""
+nic_of() {{  # SIDE -> "BDF NET DRIVER"
+    case $1 in
+{cases}
+    esac
+}}
+host_of() {{ set -- $(nic_of $1); echo 10.0.$2.1; }}
+for side in $sides; do
+    set -- $(nic_of $side); bdf=$1; net=$2; want=$3
+    n=0
+    while [ ! -d /sys/bus/pci/devices/$bdf/net ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    drv=$(readlink /sys/bus/pci/devices/$bdf/driver 2>/dev/null); drv=${{drv##*/}}
+    dev=$(ls /sys/bus/pci/devices/$bdf/net 2>/dev/null | head -n 1)
+    if [ -z "$dev" ]; then dev=$(ls /sys/bus/pci/devices/$bdf/virtio*/net 2>/dev/null | head -n 1); fi
+    if [ "$drv" != "$want" ] || [ -z "$dev" ]; then
+        report bench.bound FAIL "$side: $bdf driver=$drv, want $want, netdev=$dev"; exit 0
+    fi
+    ip link set $dev up
+    ip addr add 10.0.$net.2/24 dev $dev
+    n=0
+    while [ "$(cat /sys/class/net/$dev/carrier 2>/dev/null)" != 1 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    n=0
+    while ! ping -c 1 -W 1 10.0.$net.1 >/dev/null 2>&1 && [ $n -lt 30 ]; do n=$((n + 1)); done
+    check bench.ping.$side ping -c 3 -W 5 10.0.$net.1 || exit 0
+done
+report bench.bound PASS "$sides"
+"""
+
+
+def net_job_functions() -> str:
+    """Guest shell: ``echo_run HOST`` (``$count`` echo round trips, ``ECHO T0 T1 RECEIVED``)
+    and ``tcp_run HOST`` (``/tmp/bulk`` to the sink, ``TCP T0 T1 RETRANSMITS``), guest clock
+    in ns; ``figure`` reads them."""
+    from harness.conformance.cases.e1000_tap import SINK_PORT
+
+    return rf"""
 now() {{
     if [ -r /proc/timer_list ]; then
         head -n 3 /proc/timer_list | sed -n 's/^now at \([0-9]*\) nsecs.*/\1/p'
@@ -130,22 +195,33 @@ now() {{
 retrans() {{
     awk '/^Tcp:/ {{ if (!h) {{ for (i = 1; i <= NF; i++) if ($i == "RetransSegs") c = i; h = 1 }} else print $c }}' /proc/net/snmp
 }}
-echo_run() {{
-    t0=$(now); out=$(ping -q -A -c $count -W 5 {HOST_IP} 2>&1); rc=$?; t1=$(now)
+echo_run() {{  # HOST
+    t0=$(now); out=$(ping -q -A -c $count -W 5 $1 2>&1); rc=$?; t1=$(now)
     got=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
     echo "ECHO $t0 $t1 ${{got:-0}}"
     return $rc
 }}
-tcp_run() {{
-    r0=$(retrans); t0=$(now); nc {HOST_IP} {SINK_PORT} < /tmp/bulk; rc=$?; t1=$(now); r1=$(retrans)
+tcp_run() {{  # HOST
+    r0=$(retrans); t0=$(now); nc $1 {SINK_PORT} < /tmp/bulk; rc=$?; t1=$(now); r1=$(retrans)
     echo "TCP $t0 $t1 $((r1 - r0))"
     return $rc
 }}
+"""
+
+
+def guest_script() -> str:
+    """The guest side; its parameters come from the kernel command line (``dmbench.*``):
+    each side's NIC is found by its PCI function and put on its own subnet (``NICS``)."""
+    nics = {mode: (bdf, net, "e1000") for mode, (bdf, net) in NICS.items()}
+    return GUEST_FUNCTIONS + r"""
+runs=$(cmdline_value dmbench.runs); count=$(cmdline_value dmbench.count); mib=$(cmdline_value dmbench.mib)
+sides=$(cmdline_value dmbench.sides | tr , ' ')
+""" + nic_setup_script(nics) + net_job_functions() + r"""
 dd if=/dev/urandom of=/tmp/bulk bs=1M count=$mib 2>/dev/null
 i=0
 while [ $i -lt $runs ]; do
-    bench_job $side echo $i echo_run
-    bench_job $side tcp $i tcp_run
+    for side in $sides; do bench_job $side echo $i echo_run $(host_of $side); done
+    for side in $sides; do bench_job $side tcp $i tcp_run $(host_of $side); done
     i=$((i + 1))
 done
 report bench.done PASS "$runs runs"
@@ -163,9 +239,10 @@ class Params:
     ours_opts: tuple[str, ...] = ()
     profile: Path | None = None
 
-    def plan(self, mode: str) -> Plan:
-        """A boot's runs: echo then TCP, ``runs`` times."""
-        return Plan(tuple((mode, job, i) for i in range(self.runs) for job in JOBS))
+    def plan(self, *modes: str) -> Plan:
+        """A boot's runs, as ``guest_script`` runs them: per run, echo on each mode's NIC in
+        turn, then TCP on each."""
+        return Plan(tuple((mode, job, i) for i in range(self.runs) for job in JOBS for mode in modes))
 
     def deadlines(self) -> Deadlines:
         """Generous bounds: our polled echo runs at a few hundred round trips a second."""
@@ -204,17 +281,18 @@ def figure(params: Params) -> Callable[[Run], Figure]:
 
 @dataclass
 class Booted:
-    """A booted guest (``session``), ``received(count, timeout)``: the TCP sink's finished
-    connections, and for mode ``ours`` our server's counters, health and log."""
+    """A booted guest (``session``) with the NICs of ``modes``: per mode ``received[mode](count,
+    timeout)``, the TCP sink's finished connections; the counters (our server's messages and
+    CPU, QEMU's CPU), our server's health and logs."""
 
     session: GuestSession
-    received: Callable[[int, float], list[dict[str, Any]]]
+    received: Mapping[str, Callable[[int, float], list[dict[str, Any]]]]
     sampler: Sampler | None = None
     health: Health | None = None
     logs: dict[str, Path] = field(default_factory=dict)
 
 
-Boot = Callable[[str, GuestConfig, Params, Path, Any], contextlib.AbstractContextManager[Booted]]
+Boot = Callable[[tuple[str, ...], GuestConfig, Params, Path, Any], contextlib.AbstractContextManager[Booted]]
 
 
 def _spawn_server(sock: socket.socket, backend: str, opts: Sequence[str], log: Path | None,
@@ -391,46 +469,72 @@ def build_image(config: GuestConfig) -> Any:
 
 
 @contextlib.contextmanager
-def boot(mode: str, config: GuestConfig, params: Params, work: Path, image: Any) -> Iterator[Booted]:
-    """Boot ``image`` once in ``mode`` with its namespace, sink and (ours) server."""
+def boot(modes: tuple[str, ...], config: GuestConfig, params: Params, work: Path, image: Any) -> Iterator[Booted]:
+    """Boot ``image`` once with the NICs of ``modes``, each on its own TAP, namespace and sink;
+    ours served by ``devmodels mpqemu`` (proxy) or ``devmodels vfio-user`` (``config.path``)."""
     from harness.conformance.cases.e1000 import POLLED_INTX_APPEND
-    from harness.conformance.cases.e1000_tap import HOST_IP, PREFIX_LEN, NetNamespace, TcpSink
+    from harness.conformance.cases.e1000_tap import PREFIX_LEN, NetNamespace, TcpSink
     from harness.qemu.launcher import QemuLauncher
 
-    append = [*(POLLED_INTX_APPEND if MODES[mode][1] else ()), f"dmbench.runs={params.runs}",
-              f"dmbench.count={params.count}", f"dmbench.mib={params.mib}", f"dmbench.side={mode}"]
-    tap = f"dmb{os.getpid() % 100000}{mode[:6]}"[:15]
+    slow = any(polled(mode, config.path) for mode in modes)
+    append = [*(POLLED_INTX_APPEND if slow else ()), f"dmbench.runs={params.runs}", f"dmbench.count={params.count}",
+              f"dmbench.mib={params.mib}", f"dmbench.sides={','.join(modes)}"]
     with contextlib.ExitStack() as stack:
-        ns = stack.enter_context(NetNamespace.unique("bench-e1000"))
-        kwargs: dict[str, Any] = {"append": append, "test": TEST, "memory_mb": 512, "qemu": config.qemu,
-                                  "smp": config.smp}
+        args: list[str] = []
+        pass_fds: list[int] = []
+        spaces: dict[str, Any] = {}
+        taps = {mode: f"dmb{os.getpid() % 100000}{mode[:6]}"[:15] for mode in modes}
         server: subprocess.Popen[bytes] | None = None
         theirs: socket.socket | None = None
-        log = work / f"server-{mode}.log"
-        if mode == "ours":
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            stack.callback(theirs.close)
-            server = _spawn_server(ours, f"tap:{tap}", params.ours_opts, log, params.profile)
-            stack.callback(_wait_then_end, server)
-            ours.close()
-            proc = server
-            ns.adopt(tap, f"{HOST_IP}/{PREFIX_LEN}", alive=lambda: proc.poll() is None)
-            kwargs.update(args=["-device", f"x-pci-proxy-dev,id=dev0,fd={theirs.fileno()}", *config.qemu_args()],
-                          pass_fds=[theirs.fileno()], shared_memory=True)
-        else:
-            kwargs.update(args=["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                                "-device", "e1000,netdev=n0", *config.qemu_args()])
-        sink = stack.enter_context(TcpSink(ns, HOST_IP))
-        launcher = stack.enter_context(QemuLauncher.for_image(image, serial_log=work / f"{mode}.log", **kwargs))
+        stats: Sampler | None = None
+        logs: dict[str, Path] = {}
+        for mode in modes:
+            spaces[mode] = stack.enter_context(NetNamespace.unique("bench-e1000"))
+            addr = NICS[mode][0][-4:]
+            if mode != "ours":
+                netdev = "n" + mode.replace("-", "")
+                args += ["-netdev", f"tap,id={netdev},ifname={taps[mode]},script=no,downscript=no",
+                         "-device", f"e1000,netdev={netdev},addr={addr}"]
+                continue
+            if config.path == VFIO_USER.name:
+                served = serve(stack, work, "ours", "e1000", [f"tap:{taps[mode]}"], params.ours_opts,
+                               profile=params.profile)
+                server, stats, logs["ours"] = served.process, served.sampler("ours"), served.log
+                args += served.device_args(addr)
+            else:
+                log = work / "server-ours.log"
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                stack.callback(theirs.close)
+                server = _spawn_server(ours, f"tap:{taps[mode]}", params.ours_opts, log, params.profile)
+                stack.callback(_wait_then_end, server)
+                ours.close()
+                stats, logs["ours"] = MpqemuStats(server.pid, log), log
+                args += ["-device", f"x-pci-proxy-dev,id=dev0,fd={theirs.fileno()},addr={addr}"]
+                pass_fds.append(theirs.fileno())
+            spaces[mode].adopt(taps[mode], f"{host_ip(mode)}/{PREFIX_LEN}", alive=lambda p=server: p.poll() is None)
+        launcher = stack.enter_context(QemuLauncher.for_image(
+            image, serial_log=work / f"{'+'.join(modes)}.log", append=append, test=TEST, memory_mb=512,
+            qemu=config.qemu, smp=config.smp, args=[*args, *config.qemu_args()], pass_fds=pass_fds,
+            shared_memory=server is not None))
         if theirs is not None:
             theirs.close()  # QEMU holds its copy; the server sees end of stream when QEMU exits
-        else:
-            ns.adopt(tap, f"{HOST_IP}/{PREFIX_LEN}", alive=lambda: launcher.result().exit_code is None)
-        if server is None:
-            yield Booted(LauncherSession(launcher), sink.wait_received)
-        else:
-            yield Booted(LauncherSession(launcher), sink.wait_received, MpqemuStats(server.pid, log),
-                         processes_alive({"ours": server}, {"ours": log}), {"ours": log})
+        sinks = {}
+        for mode in modes:
+            if mode != "ours":
+                spaces[mode].adopt(taps[mode], f"{host_ip(mode)}/{PREFIX_LEN}",
+                                   alive=lambda: launcher.result().exit_code is None)
+            sinks[mode] = stack.enter_context(TcpSink(spaces[mode], host_ip(mode))).wait_received
+        sampler = Samplers(*(s for s in (stats, qemu_cpu(launcher.pid, modes)) if s is not None))
+        health = processes_alive({"ours": server}, logs) if server is not None else None
+        yield Booted(LauncherSession(launcher), sinks, sampler, health, logs)
+
+
+# Per-echo and per-MiB counters: (key, counters summed, scale). Our server's messages and
+# CPU; the QEMU process's CPU (the whole guest: vCPU, devices, the vfio-user client); and
+# the host's, ours + QEMU's (for QEMU's own device, QEMU's alone).
+COUNTERS = (("messages", ("messages",), 1.0), ("accesses", ("bar_reads", "bar_writes"), 1.0),
+            ("server_cpu_us", (SERVER_CPU,), 1e-3), ("qemu_cpu_us", (QEMU_CPU,), 1e-3),
+            ("host_cpu_us", (SERVER_CPU, QEMU_CPU), 1e-3))
 
 
 def run_mode(mode: str, runs: GuestRuns, received: list[dict[str, Any]], params: Params) -> dict[str, Any]:
@@ -456,7 +560,7 @@ def run_mode(mode: str, runs: GuestRuns, received: list[dict[str, Any]], params:
     }
     out["pps"], out["mbps"] = statistics.median(out["pps_runs"]), statistics.median(out["mbps_runs"])
     for job, unit in (("echo", "echo"), ("tcp", "mib")):
-        for key, counters, scale in (("messages", ("messages",), 1.0), ("server_cpu_us", ("cpu_ns",), 1e-3)):
+        for key, counters, scale in COUNTERS:
             value = per_io(runs, mode, job, counters, scale)
             if value is not None:
                 out[f"{key}_per_{unit}"], out[f"{key}_per_{unit}_runs"] = value.median, value.runs
@@ -478,8 +582,21 @@ def summarize(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
                        .fields(f"mbps_ratio{suffix}", "ours_mbps", f"{key}_mbps"))
     if "ours" in modes:
         out.update(ours_pps=modes["ours"]["pps"], ours_mbps=modes["ours"]["mbps"])
+    # Beside the ratio: CPU per echo (bench.common rule 4), ours and each peer's.
+    for mode, figures in modes.items():
+        for key in ("messages_per_echo", "server_cpu_us_per_echo", "qemu_cpu_us_per_echo", "host_cpu_us_per_echo"):
+            if key in figures:
+                out[f"{mode.replace('-', '_')}_{key}"] = figures[key]
+                out[f"{mode.replace('-', '_')}_{key}_runs"] = figures[f"{key}_runs"]
     out["modes"] = modes
     return out
+
+
+_ROWS = (("messages_per_echo", "messages/echo", 1), ("accesses_per_echo", "BAR accesses/echo", 1),
+         ("server_cpu_us_per_echo", "server CPU us/echo", 1), ("qemu_cpu_us_per_echo", "QEMU CPU us/echo", 1),
+         ("host_cpu_us_per_echo", "host CPU us/echo", 1), ("messages_per_mib", "messages/MiB", 0),
+         ("server_cpu_us_per_mib", "server CPU us/MiB", 0), ("qemu_cpu_us_per_mib", "QEMU CPU us/MiB", 0),
+         ("host_cpu_us_per_mib", "host CPU us/MiB", 0))
 
 
 def _text(summary: dict[str, Any], access: dict[str, dict[str, float]], config: GuestConfig | None) -> list[str]:
@@ -491,16 +608,19 @@ def _text(summary: dict[str, Any], access: dict[str, dict[str, float]], config: 
         return lines
     names = [m for m in MODES if m in modes]
     lines.append(f"guest: {config.describe(summary['guest']['qemu'])}")
-    lines.append(f"{'metric':<26}" + "".join(f"{MODES[m][0]:>38}" for m in names))
-    lines.append(f"{'echo round trips/s':<26}" + "".join(f"{fmt(modes[m]['pps']):>38}" for m in names))
-    lines.append(f"{'TCP guest->host MB/s':<26}" + "".join(f"{fmt(modes[m]['mbps'], 2):>38}" for m in names))
-    if "ours" in modes:
-        ours = modes["ours"]
-        for key, label in (("messages_per_echo", "messages/echo"), ("server_cpu_us_per_echo", "server CPU us/echo"),
-                           ("messages_per_mib", "messages/MiB"), ("server_cpu_us_per_mib", "server CPU us/MiB")):
-            if key in ours:
-                runs = "" if ours[f"{key}_runs"] == len(ours["pps_runs"]) else f" ({runs_text(ours[f'{key}_runs'])})"
-                lines.append(f"ours {label}: {ours[key]:.1f}{runs}")
+    lines.append(f"{'metric':<26}" + "".join(f"{MODES[m][0]:>34}" for m in names))
+    lines.append(f"{'echo round trips/s':<26}" + "".join(f"{fmt(modes[m]['pps']):>34}" for m in names))
+    lines.append(f"{'TCP guest->host MB/s':<26}" + "".join(f"{fmt(modes[m]['mbps'], 2):>34}" for m in names))
+    for key, label, digits in _ROWS:
+        if not any(key in modes[m] for m in names):
+            continue
+        cells = []
+        for m in names:
+            cell = fmt(modes[m].get(key), digits)
+            if key in modes[m] and modes[m][f"{key}_runs"] != len(modes[m]["pps_runs"]):
+                cell += f" ({runs_text(modes[m][f'{key}_runs'])})"
+            cells.append(f"{cell:>34}")
+        lines.append(f"{label:<26}" + "".join(cells))
     for peer, suffix in (("peer", ""), ("peer-polled", "_polled")):
         if f"ratio{suffix}" in summary:
             echo, tcp = f"ratio{suffix}", f"mbps_ratio{suffix}"
@@ -516,9 +636,10 @@ def main(argv: Sequence[str] = (), boot: Boot = boot, image: Callable[[GuestConf
     parser.add_argument("--runs", type=int, default=3, help="runs per metric and mode (default 3)")
     parser.add_argument("--count", type=int, default=2000, help="echo requests per run (default 2000)")
     parser.add_argument("--mib", type=int, default=20, help="MiB sent over TCP per run (default 20)")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)} (peer-polled: proxy path only)")
     parser.add_argument("--ours-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help="--opt for our mpqemu server (e.g. mitigation=off)")
+                        help="--opt for our server (e.g. mitigation=off)")
     parser.add_argument("--profile", type=Path, default=None, help="write a cProfile of our server here")
     parser.add_argument("--access", type=int, default=2000, help="accesses per access-latency figure (0: skip)")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -543,13 +664,14 @@ def main(argv: Sequence[str] = (), boot: Boot = boot, image: Callable[[GuestConf
         if modes and config is not None:
             guest_image = image(config)
             with workdir(args.workdir, "devmodels-bench-e1000-") as work:
-                for mode in modes:
-                    mode_params = params if mode == "ours" else Params(args.runs, args.count, args.mib)
-                    with boot(mode, config, mode_params, work, guest_image) as booted:
-                        runs = watch(booted.session, params.plan(mode), figure(params), params.deadlines(),
+                for group in boots(modes, config.path):
+                    group_params = params if "ours" in group else Params(args.runs, args.count, args.mib)
+                    with boot(group, config, group_params, work, guest_image) as booted:
+                        runs = watch(booted.session, params.plan(*group), figure(params), params.deadlines(),
                                      sampler=booted.sampler, health=booted.health, logs=booted.logs)
-                        received = booted.received(params.runs, 5.0)
-                    results[mode] = run_mode(mode, runs, received, params)
+                        received = {mode: booted.received[mode](params.runs, 5.0) for mode in group}
+                    for mode in group:
+                        results[mode] = run_mode(mode, runs, received[mode], params)
                     version = runs.qemu_version
         summary = summarize(results)
         summary["access_us"] = access

@@ -7,7 +7,8 @@ their serial (GET_ID) and runs fio (libaio, O_DIRECT) on each, alternating disks
 ``bench.common.FIO_JOBS`` (4 KiB random read at queue depth 32, 1 MiB sequential read and
 write), ``--runs`` times each. The figures are medians over the runs; the ratio is ours /
 QSD, over equally many runs of each. At each run's begin and end the bench reads the CPU
-time of the server serving that disk (``/proc``), for server CPU per I/O on both sides.
+time of the server serving that disk (``/proc``), for server CPU per I/O on both sides, and
+the QEMU process's (the guest and both vhost-user front-ends) for QEMU CPU per I/O.
 
 The guest boots under ``--qemu`` (7.2 by default; 11.1 drives vhost-user-blk-pci too) with
 ``--smp``/``--maxcpus`` vCPUs: under 7.2 one online of two by default, because 7.2's TCG
@@ -18,8 +19,9 @@ the bench with exit status 1, naming the job and the disk.
 Output: a table, or with ``--json`` one object: ``ours_iops``, ``peer_iops``, ``ratio`` and
 ``ratio_runs`` (4k random read, when run), ``guest`` (QEMU version, vCPUs, barriers),
 ``peer_server`` (the daemon's version), ``jobs`` (per job: medians, ``ratio`` and
-``ratio_runs``, every run, ``ours_server_cpu_us_per_io`` and ``peer_server_cpu_us_per_io``
-with their ``_runs``), and ``parameters``. Needs qemu-system-x86_64, qemu-storage-daemon and
+``ratio_runs``, every run, ``ours_server_cpu_us_per_io`` and ``peer_server_cpu_us_per_io``,
+``ours_qemu_cpu_us_per_io`` and ``peer_qemu_cpu_us_per_io``, each with its ``_runs``), and
+``parameters``. Needs qemu-system-x86_64, qemu-storage-daemon and
 fio on the host (fio and its libraries are copied into the guest image).
 """
 
@@ -48,6 +50,7 @@ from .common import (
     Plan,
     ProcessCpu,
     Sampler,
+    Samplers,
     add_guest_options,
     end_process,
     fio_append,
@@ -64,6 +67,7 @@ from .common import (
     watch,
     workdir,
 )
+from .vfio_user import QEMU_CPU, qemu_cpu
 
 __all__ = ["main", "PATHS", "Params", "Booted", "boot", "guest_script", "summarize"]
 
@@ -73,6 +77,8 @@ PATHS = (Attachment("vhost-user", ("7.2", "11.1"), "QEMU's vhost-user-blk-pci, o
 PER_IO = (
     PerIoField("ours_server_cpu_us_per_io", "ours CPU us/IO", "ours", ("cpu_ns",), 1e-3, 1),
     PerIoField("peer_server_cpu_us_per_io", "QSD CPU us/IO", "peer", ("cpu_ns",), 1e-3, 1),
+    PerIoField("ours_qemu_cpu_us_per_io", "QEMU CPU us/IO ours", "ours", (QEMU_CPU,), 1e-3, 1),
+    PerIoField("peer_qemu_cpu_us_per_io", "QEMU CPU us/IO QSD", "peer", (QEMU_CPU,), 1e-3, 1),
 )
 
 
@@ -183,7 +189,8 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
         launcher = stack.enter_context(QemuLauncher.for_image(
             image, args=[*args, *config.qemu_args()], append=append, test=TEST, shared_memory=True, memory_mb=512,
             qemu=config.qemu, smp=config.smp, serial_log=work / "console.log"))
-        yield Booted(LauncherSession(launcher), ProcessCpu({"ours": ours.pid, "peer": peer.pid}),
+        cpu = Samplers(ProcessCpu({"ours": ours.pid, "peer": peer.pid}), qemu_cpu(launcher.pid, ("ours", "peer")))
+        yield Booted(LauncherSession(launcher), cpu,
                      processes_alive({"ours": ours, "peer": peer}, logs), f"qemu-storage-daemon {_version(qsd)}", logs)
 
 

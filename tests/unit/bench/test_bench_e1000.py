@@ -43,36 +43,87 @@ def test_a_run_without_a_figure_is_refused(job: str, output: list[str], status: 
         b.figure(PARAMS)(_run(job, output, status))
 
 
-def _guest(mode: str, params: b.Params, broken: tuple[str, int, list[str], int] | None = None) -> list[str]:
-    rate = {"ours": 2_000_000_000, "peer": 100_000_000, "peer-polled": 1_000_000_000}[mode]  # ns per echo run
-    lines = ["DEVMODELS-CHECK bench.bound PASS 0000:00:03.0 e1000", "DEVMODELS-CHECK bench.ping PASS"]
-    for side, job, run in params.plan(mode).keys:
-        if broken is not None and (job, run) == broken[:2]:
-            lines += framed(side, job, run, broken[2], broken[3])
+def _guest(modes: tuple[str, ...], params: b.Params, broken: dict[str, tuple[str, int, list[str], int]]) -> list[str]:
+    rate = {"ours": 2_000_000_000, "peer": 100_000_000, "peer-polled": 1_000_000_000}  # ns per echo run
+    lines = [f"DEVMODELS-CHECK bench.ping.{m} PASS" for m in modes] + ["DEVMODELS-CHECK bench.bound PASS"]
+    for side, job, run in params.plan(*modes).keys:
+        bad = broken.get(side)
+        if bad is not None and (job, run) == bad[:2]:
+            lines += framed(side, job, run, bad[2], bad[3])
         elif job == "echo":
-            lines += framed(side, job, run, [f"ECHO 0 {rate + run} {params.count}"])
+            lines += framed(side, job, run, [f"ECHO 0 {rate[side] + run} {params.count}"])
         else:
             lines += framed(side, job, run, ["TCP 0 1000000000 0"])
     return [*lines, *finished()]
 
 
-def _boot(broken: dict[str, tuple[str, int, list[str], int]] | None = None, sink_bytes: int | None = None
+def _boot(broken: dict[str, tuple[str, int, list[str], int]] | None = None, sink_bytes: int | None = None,
+          booted: list[tuple[str, ...]] | None = None, counters: bool = False,
           ) -> Callable[..., contextlib.AbstractContextManager[b.Booted]]:
     @contextlib.contextmanager
-    def boot(mode: str, config: common.GuestConfig, params: b.Params, work: Path, image: Any) -> Iterator[b.Booted]:
+    def boot(modes: tuple[str, ...], config: common.GuestConfig, params: b.Params, work: Path,
+             image: Any) -> Iterator[b.Booted]:
         assert image == "image"
-        speed = {"ours": 2, "peer": 1, "peer-polled": 1}[mode]  # ours sends twice as fast
+        if booted is not None:
+            booted.append(modes)
 
-        def received(count: int, timeout: float) -> list[dict[str, Any]]:
-            size = sink_bytes if sink_bytes is not None else params.mib << 20
-            return [{"bytes": size, "first_ns": 0, "eof_ns": 1_000_000_000 // speed, "seq": i} for i in range(count)]
+        def received(mode: str) -> Callable[[int, float], list[dict[str, Any]]]:
+            speed = {"ours": 2, "peer": 1, "peer-polled": 1}[mode]  # ours sends twice as fast
 
-        yield b.Booted(FakeGuest(_guest(mode, params, (broken or {}).get(mode))), received)
+            def wait(count: int, timeout: float) -> list[dict[str, Any]]:
+                size = sink_bytes if sink_bytes is not None else params.mib << 20
+                return [{"bytes": size, "first_ns": 0, "eof_ns": 1_000_000_000 // speed, "seq": i}
+                        for i in range(count)]
+            return wait
+
+        sampler = _Counters() if counters else None
+        yield b.Booted(FakeGuest(_guest(modes, params, broken or {})), {m: received(m) for m in modes}, sampler)
     return boot
+
+
+class _Counters:
+    """Our server's messages and CPU and QEMU's CPU, as the vfio-user boot samples them: per
+    run ours takes 16 messages and 1 ms of server CPU per echo, QEMU 2 ms per echo for ours and
+    0.5 ms for the peer."""
+
+    def __init__(self) -> None:
+        self.t = {"ours": 0.0, "peer": 0.0}
+        self.lost = None
+
+    def __call__(self, side: str, job: str, run: int, edge: str) -> dict[str, float] | None:
+        if edge == "end":
+            self.t[side] += 1.0
+        n = self.t[side] * 2000  # echoes so far (count 2000 per run; tcp runs count alike)
+        if side == "ours":
+            return {"messages": 16 * n, "bar_reads": 8 * n, "bar_writes": 8 * n, "cpu_ns": 1e6 * n,
+                    "qemu_cpu_ns": 2e6 * n}
+        return {"qemu_cpu_ns": 5e5 * n}
 
 
 def _main(argv: list[str], boot: Callable[..., Any]) -> int:
     return b.main(["--access", "0", "--runs", "3", *argv], boot=boot, image=lambda config: "image")
+
+
+def test_over_vfio_user_ours_and_peer_share_one_guest_with_cpu_per_echo(capsys: pytest.CaptureFixture[str]) -> None:
+    booted: list[tuple[str, ...]] = []
+    assert _main(["--json", "--path", "vfio-user"], _boot(booted=booted, counters=True)) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert booted == [("ours", "peer")]  # peer-polled is the proxy path's; one guest carries both NICs
+    assert "ratio_polled" not in s and s["ratio"] == pytest.approx(0.05, rel=1e-5) and s["ratio_runs"] == 3
+    assert s["ours_messages_per_echo"] == pytest.approx(16.0) and s["ours_messages_per_echo_runs"] == 3
+    assert s["ours_server_cpu_us_per_echo"] == pytest.approx(1000.0)
+    assert s["ours_qemu_cpu_us_per_echo"] == pytest.approx(2000.0)
+    assert s["ours_host_cpu_us_per_echo"] == pytest.approx(3000.0)
+    assert s["peer_qemu_cpu_us_per_echo"] == pytest.approx(500.0) and "peer_server_cpu_us_per_echo" not in s
+    assert _main(["--path", "vfio-user"], _boot(counters=True)) == 0
+    text = capsys.readouterr().out
+    assert "path vfio-user" in text and "host CPU us/echo" in text and "ours/peer: echo 0.050 (3 runs)" in text
+
+
+def test_the_proxy_path_boots_each_mode_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    booted: list[tuple[str, ...]] = []
+    assert _main(["--json"], _boot(booted=booted)) == 0
+    assert booted == [("ours",), ("peer",), ("peer-polled",)]
 
 
 def test_ratios_with_run_counts_and_the_qemu_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,9 +178,14 @@ def test_tso_packet_is_what_linux_hands_the_driver() -> None:
 
 def test_guest_script_frames_its_jobs_and_reads_its_parameters_from_the_command_line() -> None:
     script = b.guest_script()
-    for key in ("dmbench.runs", "dmbench.count", "dmbench.mib", "dmbench.side"):
+    for key in ("dmbench.runs", "dmbench.count", "dmbench.mib", "dmbench.sides"):
         assert key in script
-    assert "bench_job $side echo $i echo_run" in script and "bench_job $side tcp $i tcp_run" in script
+    assert "bench_job $side echo $i echo_run $(host_of $side)" in script
+    assert "bench_job $side tcp $i tcp_run $(host_of $side)" in script
+    for mode, (bdf, net) in b.NICS.items():  # each NIC by its PCI function, on its own subnet
+        assert f"{mode}) echo {bdf} {net} e1000 ;;" in script
+    # the shell's own escapes survive (sed back-references, awk's newline)
+    assert r"nsecs.*/\1/p" in script and r'printf "%d\n"' in script and "\x01" not in script
     assert 'echo "ECHO $t0 $t1' in script and 'echo "TCP $t0 $t1' in script
 
 

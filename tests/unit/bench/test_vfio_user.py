@@ -1,0 +1,60 @@
+"""``bench/vfio_user.py`` against the real ``devmodels vfio-user`` process: the bench starts it
+as a user would, a vfio-user client in this process drives the device, and the sampler reads
+the server's ``vfio-user stats:`` line (messages and BAR accesses it handled) and CPU time."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from bench import common
+from bench.vfio_user import QEMU_CPU, qemu_cpu, serve
+from devmodels import Machine
+from devmodels.testdev import regs as r
+from passthrough import VfioPciDevice
+from passthrough.user import VfioUserClient
+
+
+def test_the_sampler_counts_the_accesses_the_server_handled(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        served = serve(stack, tmp_path, "ours", "testdev")
+        sampler = served.sampler("ours")
+        machine = Machine(ram_size=4 << 20, ram_backing="memfd")
+        device = VfioPciDevice(VfioUserClient.connect(str(served.socket), timeout=30))
+        stack.callback(device.close)
+        device.map_memory(machine.memory)
+        machine.add_pci(device)
+        info = next(i for i in machine.enumerate() if i.vendor_id == r.TESTDEV_VENDOR_ID)
+        bar0 = next(b.address for b in info.bars if b.index == 0)
+        assert bar0 is not None
+        before = sampler("ours", "job", 0, "begin")
+        assert before is not None and before["messages"] > 0  # the client's setup
+        for _ in range(10):
+            assert machine.mmio.read(bar0 + r.ID, 4) == r.TESTDEV_MAGIC
+        machine.mmio.write(bar0 + r.SCRATCH, 4, 7)
+        after = sampler("ours", "job", 0, "end")
+        assert after is not None and sampler.lost is None
+        assert after["bar_reads"] - before["bar_reads"] == 10
+        assert after["bar_writes"] - before["bar_writes"] == 1
+        assert after["messages"] - before["messages"] == 11  # one message per access, no other traffic
+        assert after["cpu_ns"] >= before["cpu_ns"]
+        assert sampler("peer", "job", 0, "begin") is None  # it samples its own side only
+        assert served.process.poll() is None
+
+
+def test_qemu_cpu_samples_one_process_for_every_side() -> None:
+    import os
+
+    sampler = common.Samplers(qemu_cpu(os.getpid(), ("ours", "peer")))
+    for side in ("ours", "peer"):
+        sample = sampler(side, "job", 0, "begin")
+        assert sample is not None and sample[QEMU_CPU] > 0
+    assert qemu_cpu(None, ("ours",))("ours", "job", 0, "begin") is None
+
+
+def test_a_server_that_cannot_start_fails_the_bench_with_its_log(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack, pytest.raises(common.BenchFailure, match="exited with status 2") as exc:
+        serve(stack, tmp_path, "ours", "testdev", backends=["file:/nonexistent"])
+    assert "testdev takes no --backend" in exc.value.detail
