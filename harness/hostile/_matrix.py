@@ -16,12 +16,7 @@ __all__ = ["format_matrix", "as_json", "KNOWN", "our_failures"]
 
 # (device, path, scenario) -> why it fails today. Listed so the matrix says so; it does not
 # make the cell pass: the CI test stays red until the bug is fixed.
-KNOWN: Mapping[tuple[str, str, str], str] = {
-    ("testdev", "vfio-user", "msix-masked-storm"): (
-        "vfio-user server: SET_IRQS MSI-X whose only eventfd is -1 (QEMU's vfio_enable_msix_no_vec, sent when the "
-        "guest enables MSI-X with every vector masked) disables MSI-X on the function, where kernel vfio-pci enables "
-        "it with the vector masked; the message is lost instead of pending in the PBA (passthrough/user/irqs.py)"),
-}
+KNOWN: Mapping[tuple[str, str, str], str] = {}
 
 
 def our_failures(columns: Sequence[Column]) -> list[tuple[Column, str]]:

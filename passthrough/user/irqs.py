@@ -35,6 +35,11 @@ Rules:
    of rule 2 and not maskable. The server signals ERR when the device has failed
    unrecoverably (``signal_err``; QEMU stops the VM on it) and REQ when it wants the
    device back (``signal_req``; QEMU requests a hot-unplug).
+5. ``DATA_EVENTFD`` on MSI or MSI-X enables the index even where every descriptor is -1
+   (QEMU sends that when the guest enables MSI-X with all vectors masked), as vfio-pci
+   enables the capability. An MSI-X vector without an eventfd is masked in the function's
+   table, so a message for it stays pending in the PBA; wiring an eventfd unmasks it and
+   delivers what was pending. Only ``DATA_NONE`` with count 0 disables an index (rule 2).
 """
 
 from __future__ import annotations
@@ -319,7 +324,8 @@ class ServerInterrupts:
             self.active = index if self.intx.fd is not None else None
             return kept
         slots = self.vectors.fds
-        if self.active != index:
+        fresh = self.active != index
+        if fresh:
             self.vectors.close()
             slots = self.vectors.fds = [None] * self.count(index)
         for i in range(count):
@@ -328,12 +334,25 @@ class ServerInterrupts:
             if old is not None and old != new:
                 close_fds([old])
             slots[start + i] = new
-        if any(fd is not None for fd in slots):
-            self.active = index
+        # Rule 5: the index is enabled even with no eventfd yet (vfio-pci enables the
+        # capability; a vector without a trigger is masked, so its messages wait as pending).
+        self.active = index
+        if fresh:
             self._program(index, enable=True)
         else:
-            self._disable(index)
+            self._mask_unwired(index, range(start, start + count))
         return kept
+
+    def _mask_unwired(self, index: int, vectors: range) -> None:
+        """MSI-X vectors without an eventfd masked, the others unmasked (rule 5), through the
+        function's own table so that unmasking delivers what is pending."""
+        msix = self.function.msix
+        if index != VFIO_PCI_MSIX_IRQ_INDEX or msix is None:
+            return
+        for v in vectors:
+            wired = self.vectors.fds[v] is not None
+            offset = msix.table_offset + v * pcidefs.PCI_MSIX_ENTRY_SIZE + pcidefs.PCI_MSIX_ENTRY_VECTOR_CTRL
+            self.function.bar_write(msix.bar, offset, 4, 0 if wired else pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT)
 
     def _disable(self, index: int) -> None:
         if index in self.notify:
@@ -376,7 +395,9 @@ class ServerInterrupts:
             config.set(msix.offset + pcidefs.PCI_MSIX_FLAGS, 2, control)
             for v in range(msix.vectors):
                 if enable:
-                    _MSIX_ENTRY.pack_into(msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, MSI_TAG_ADDRESS, 0, v, 0)
+                    wired = v < len(self.vectors.fds) and self.vectors.fds[v] is not None
+                    control = 0 if wired else pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT  # rule 5
+                    _MSIX_ENTRY.pack_into(msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, MSI_TAG_ADDRESS, 0, v, control)
                 else:
                     _MSIX_ENTRY.pack_into(
                         msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, 0, 0, 0, pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT

@@ -94,6 +94,25 @@ def test_msix_wiring_programs_the_function_with_tags(dev: PciTestDevice) -> None
     irqs.close()
 
 
+def test_msix_enabled_with_every_vector_masked_keeps_messages_pending(dev: PciTestDevice) -> None:
+    # QEMU enables MSI-X with eventfd -1 for vectors the guest left masked; vfio-pci enables
+    # the capability, so the device uses MSI-X and a message waits in the PBA (rule 5).
+    irqs = ServerInterrupts(dev)
+    irqs.set_irqs(MSIX, EVT, 0, 2, b"", [-1, -1])
+    assert dev.msix_enabled and irqs.active == MSIX
+    raise_irq(dev)
+    assert dev.msix is not None and dev.msix.pending(0)
+    assert not dev.config_read(pcidefs.PCI_STATUS, 2) & pcidefs.PCI_STATUS_INTERRUPT  # no fallback to INTx
+    fd = efd()
+    irqs.set_irqs(MSIX, EVT, 0, 1, b"", [fd])  # the guest unmasked vector 0
+    assert count(fd) == 1 and not dev.msix.pending(0)
+    irqs.set_irqs(MSIX, EVT, 0, 1, b"", [-1])  # masked again (the server closed its eventfd)
+    ack(dev)
+    raise_irq(dev)
+    assert dev.msix.pending(0) and dev.msix.entry(0)[2]
+    irqs.close()
+
+
 def test_msi_wiring(dev: PciTestDevice) -> None:
     irqs = ServerInterrupts(dev)
     fd = efd()
