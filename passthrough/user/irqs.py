@@ -395,8 +395,8 @@ class ServerInterrupts:
             config.set(msix.offset + pcidefs.PCI_MSIX_FLAGS, 2, control)
             for v in range(msix.vectors):
                 if enable:
-                    wired = v < len(self.vectors.fds) and self.vectors.fds[v] is not None
-                    control = 0 if wired else pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT  # rule 5
+                    has_fd = v < len(self.vectors.fds) and self.vectors.fds[v] is not None
+                    control = 0 if has_fd else pcidefs.PCI_MSIX_ENTRY_CTRL_MASKBIT  # rule 5
                     _MSIX_ENTRY.pack_into(msix.table, v * pcidefs.PCI_MSIX_ENTRY_SIZE, MSI_TAG_ADDRESS, 0, v, control)
                 else:
                     _MSIX_ENTRY.pack_into(
