@@ -29,7 +29,17 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--no-reference", action="store_true", help="with --hostile: leave out QEMU's own devices")
     parser.add_argument("--scenario", action="append", default=[], metavar="PATTERN",
                         help="with --hostile: only these scenarios (fnmatch)")
+    parser.add_argument("--stress", action="store_true",
+                        help="the stress mode: every disk and NIC path under load (fio randrw verified; TCP streams "
+                             "and a ping flood) beside two CPU hogs, repeated (--only matches path names there)")
+    parser.add_argument("--duration", type=int, default=60, metavar="S", help="with --stress: seconds of load per run")
+    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="with --stress: runs per path")
     args = parser.parse_args(list(argv))
+    if args.stress:
+        from ..stress.cli import run as run_stress
+
+        return run_stress(args.only, duration=args.duration, repeat=args.repeat, as_json=args.json,
+                          listing=args.list, serial_dir=args.serial_dir)
     from ..qemu.launcher import qemu_available
 
     if args.hostile:
