@@ -82,8 +82,8 @@ class RunResult:
     where: str  # where the vCPU stopped: function+offset, or the address
     detail: str
     console: str
-    exits: int
-    kicks: int
+    exits: int  # returns from KVM_RUN, those a kick caused included
+    kicks: int  # how often the kicker interrupted KVM_RUN for the loop
     seconds: float
 
     @property
