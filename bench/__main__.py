@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "ahci": ("bench.ahci", "main", "fio in a TCG guest: devmodels AHCI (proxy or vfio-user) vs QEMU's built-in AHCI"),
     "virtio-blk": ("bench.virtio_blk", "main",
                    "fio in a QEMU 11.1 guest: devmodels virtio-blk on our virtio-pci over vfio-user vs virtio-blk-pci"),
+    "paradigms": ("bench.paradigms", "main",
+                  "emulation vs paravirtualization with our devices over vfio-user: e1000/virtio-net, AHCI/virtio-blk"),
     "kvm": ("bench.kvm", "main", "our devices in KVM in process: exits/s, kick vs hand-off, MSI paths, in-process vs vfio-user"),
 }
 

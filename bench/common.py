@@ -818,10 +818,16 @@ def check_ratios(summary: Mapping[str, Any], where: str = "") -> None:
 
 def run_main(bench: str, json_mode: bool, body: Callable[[], tuple[dict[str, Any], list[str]]],
              config: GuestConfig | None = None) -> int:
-    """Run ``body`` (which returns the JSON summary and the text lines) and print (rule 6)."""
+    """Run ``body`` (which returns the JSON summary and the text lines) and print (rule 6),
+    with the host's load average before and after (``host_load``: benches share machines)."""
+    before = os.getloadavg()[0]
     try:
         summary, lines = body()
         check_ratios(summary)
+        after = os.getloadavg()[0]
+        summary["host_load"] = {"before": before, "after": after, "cpus": os.cpu_count()}
+        lines = [*lines, f"host load (1-minute average): {before:.2f} before, {after:.2f} after, "
+                         f"{os.cpu_count()} CPUs"]
     except BenchFailure as failure:
         where = f" [{config.describe()}]" if config is not None else ""
         print(f"bench {bench}: FAILED{where}: {failure.describe()}", file=sys.stderr)

@@ -56,6 +56,10 @@ class Served:
             device["addr"] = addr
         return ["-device", json.dumps(device, separators=(",", ":"))]
 
+    def alive(self) -> bool:
+        """Whether the server still runs."""
+        return self.process.poll() is None
+
     def sampler(self, side: str) -> MpqemuStats:
         """Its counters and CPU time on ``side`` (rule 3)."""
         return MpqemuStats(self.process.pid, self.log, side=side, prefix="vfio-user")
