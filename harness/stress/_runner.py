@@ -46,7 +46,7 @@ from ._watch import LoadWatch
 if TYPE_CHECKING:
     from ..guest import GuestImage
 
-__all__ = ["Limits", "run_once", "expected_stream_sha256"]
+__all__ = ["Limits", "OnBegin", "run_once", "expected_stream_sha256"]
 
 _TICK = 0.5
 _VIRTIO_F_RING_PACKED = 34  # virtio 1.2 §6
@@ -82,16 +82,22 @@ def expected_stream_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
+OnBegin = Callable[[contextlib.ExitStack, Started], None]
+"""Called once when the load begins, with the run's stack and host side (to inject a fault)."""
+
+
 def run_once(path: StressPath, image: GuestImage, run: int, limits: Limits, *,
-             keep_dir: Path | None = None, progress: Callable[[str], None] = lambda line: None) -> RunResult:
-    """Run ``path`` once under load (rules 1–4)."""
+             keep_dir: Path | None = None, progress: Callable[[str], None] = lambda line: None,
+             on_begin: OnBegin | None = None) -> RunResult:
+    """Run ``path`` once under load (rules 1–4); ``on_begin`` lets a test break something
+    once the load runs, to see the run notice it."""
     result = RunResult(path.name, run)
     began = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"devmodels-stress-{path.name}-")))
             started = path.start(stack, workdir)
-            _Run(path, image, run, limits, started, result, keep_dir, progress).execute(stack)
+            _Run(path, image, run, limits, started, result, keep_dir, progress).execute(stack, on_begin)
     except Exception as exc:  # noqa: BLE001 - a run that cannot start is a failed run, named
         result.problems.append(f"{type(exc).__name__}: {exc}")
     result.seconds = time.monotonic() - began
@@ -115,7 +121,7 @@ class _Run:
 
     # -- the loop (rule 2) ---------------------------------------------------------------------
 
-    def execute(self, stack: contextlib.ExitStack) -> None:
+    def execute(self, stack: contextlib.ExitStack, on_begin: OnBegin | None = None) -> None:
         from ..qemu.launcher import QemuLauncher
 
         path, limits = self.path, self.limits
@@ -138,11 +144,15 @@ class _Run:
         qemu = ProcessIdentity(launcher.pid)
         launched = time.monotonic()
         hogs_ok = True
+        load_seen = False
         while True:
             time.sleep(_TICK)
             now = time.monotonic()
-            if self.watch.begun_at is not None and not hogs.pids:
+            if self.watch.begun_at is not None and not load_seen:
+                load_seen = True
                 hogs.start()  # the load began: from now on the host is kept busy
+                if on_begin is not None:
+                    on_begin(stack, self.started)
             hogs_ok = hogs_ok and hogs.alive()
             if self.server_at_end is not None:  # STRESS-END came: judged then, in _on_line
                 break
