@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from devmodels.pci import PciFunction
-from devmodels.pci import defs as pci_defs
+from devmodels.pci import defs as pci_defs, PciFunction
 
 __all__ = ["ConfigView", "HiddenCapabilities", "DEFAULT_HIDDEN"]
 

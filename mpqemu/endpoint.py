@@ -39,11 +39,9 @@ from .config import DEFAULT_HIDDEN, ConfigView, HiddenCapabilities
 from .irqfd import IntxPort, IrqfdLevelSink, is_eventfd
 from .layouts import BAR_ACCESS_MSG, encode_ret, unpack_pci_conf_data, unpack_sync_sysmem
 from .sysmem import SysmemError, SysmemTable
-from devmodels._bus import PIO_LIMIT, Bus
-from devmodels._errors import GuestError, HostError
-from devmodels._fds import close_fds
-from devmodels._memory import GuestMemory
-from devmodels._trace import tracepoint
+from devmodels import Bus, GuestError, GuestMemory, HostError, PIO_LIMIT
+from devmodels.fds import close_fds
+from devmodels.trace import tracepoint
 from devmodels.pci import BarKind, PciFunction, PciHost
 
 __all__ = ["RemotePciEndpoint", "IrqfdListener", "EndpointStats"]

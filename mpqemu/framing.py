@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from devmodels._fds import add_fds_bounded, close_fds
+from devmodels.fds import add_fds_bounded, close_fds
 from .defs import MPQEMU_MSG_DATA_SIZE, MPQEMU_MSG_HDR_SIZE, REMOTE_MAX_FDS
 from .layouts import MSG_HEADER
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import os
 
-from devmodels._irq import LevelSink, NullLevelSink
-from devmodels._fds import close_fds
-from devmodels._trace import tracepoint
+from devmodels import LevelSink, NullLevelSink
+from devmodels.fds import close_fds
+from devmodels.trace import tracepoint
 
 __all__ = ["IrqfdLevelSink", "IntxPort", "is_eventfd"]
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import construct as cs
 
 from .defs import MPQEMU_CMD_RET, MPQEMU_MSG_HDR_SIZE, REMOTE_MAX_FDS
-from devmodels._errors import UsageError
+from devmodels import UsageError
 
 __all__ = [
     "MSG_HEADER",

@@ -38,9 +38,8 @@ from .framing import FramingError, Message, MessageFramer
 from .irqfd import IrqfdLevelSink
 from .layouts import encode_ret
 from devmodels.runtime import EventLoop
-from devmodels._errors import UsageError
-from devmodels._fds import close_fds
-from devmodels._memory import GuestMemory
+from devmodels import GuestMemory, UsageError
+from devmodels.fds import close_fds
 from devmodels.pci import PciFunction
 
 __all__ = ["MpqemuServer", "serve", "BUDGET", "OUTPUT_LIMIT", "RECV_SIZE"]

@@ -35,9 +35,8 @@ from collections.abc import Sequence
 
 from .defs import REMOTE_MAX_FDS
 from .layouts import SyncSysmem
-from devmodels._errors import DevmodelsError, UsageError
-from devmodels._fds import close_fds
-from devmodels._memory import ADDRESS_LIMIT, GuestMemory, MemoryRegion
+from devmodels import ADDRESS_LIMIT, DevmodelsError, GuestMemory, MemoryRegion, UsageError
+from devmodels.fds import close_fds
 
 __all__ = ["SysmemError", "SysmemTable"]
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from . import defs as d
 from .server import MpqemuServer
-from devmodels._memory import GuestMemory
+from devmodels import GuestMemory
 from devmodels.pci import PciFunction
 from .layouts import (
     RET_DATA,
