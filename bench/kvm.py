@@ -20,15 +20,15 @@ Four parts, each a median over ``--runs`` runs:
   The same operations issued by host code straight on the bus (no guest) show what the
   exits add.
 
-Needs /dev/kvm and gcc. Output: a table, or with ``--json`` one JSON object. Exit status 0
-with figures; 1 (naming what failed) when a run fails or KVM is not usable.
+Needs /dev/kvm and gcc. Output: a table, or with ``--json`` one JSON object, with the host's
+load average before and after (``bench.common.run_main``). Exit status 0 with figures; 1
+(naming what failed) when a run fails or KVM is not usable.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import signal
 import statistics
@@ -42,8 +42,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import BenchFailure, run_main
 from devmodels import Machine
-
 from kvm import KvmMachine, RunResult, unavailable
 from kvm import _abi as abi
 from kvm.payloads import build, compiler_missing
@@ -55,10 +55,6 @@ PORT = 0x500
 PORT_MARK = 0xF8  # testdev_ops.c
 KINDS = {"mmio-read": 0, "mmio-write": 1, "pio-write": 2}
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class BenchFailed(Exception):
-    """A run did not give a figure."""
 
 
 class _Register:
@@ -90,7 +86,7 @@ class _Marks:
 
 def _passed(result: RunResult, what: str) -> RunResult:
     if not result.passed:
-        raise BenchFailed(f"{what}: {result.describe()}")
+        raise BenchFailure(f"{what}: {result.describe()}")
     return result
 
 
@@ -103,14 +99,14 @@ def _exit_rate(payload: Path, kind: int, count: int, *, ioeventfd: bool = False)
         vmm.machine.mmio.register(REGISTER, 0x1000, register, "register")
         vmm.machine.pio.register(PORT, 4, register, "port")
         if ioeventfd and not vmm.add_ioeventfd(REGISTER, 4, 0):
-            raise BenchFailed("KVM refused the ioeventfd")
+            raise BenchFailure("KVM refused the ioeventfd")
         vmm.load(payload)
         vmm.write_symbol("exits_config", struct.pack("<4Q", REGISTER, count, PORT, kind))
         start = time.perf_counter()
         _passed(vmm.run(timeout=600), f"exits kind {kind}")
         seconds = time.perf_counter() - start
         if not ioeventfd and register.accesses != count:
-            raise BenchFailed(f"exits kind {kind}: {register.accesses} accesses reached the bus, not {count}")
+            raise BenchFailure(f"exits kind {kind}: {register.accesses} accesses reached the bus, not {count}")
         return count / seconds
 
 
@@ -182,7 +178,7 @@ def _kick_latency(payload: Path, samples: int) -> list[float]:
         vmm.loop.remove_reader(efd)
         os.close(efd)
         if result.reason != "stopped":
-            raise BenchFailed(f"kick: {len(latencies)} of {samples} callbacks; {result.describe()}")
+            raise BenchFailure(f"kick: {len(latencies)} of {samples} callbacks; {result.describe()}")
         return latencies
 
 
@@ -289,7 +285,7 @@ class _VfioUserServer:
         line = self.proc.stderr.readline()
         if "serving testdev" not in line:
             self.close()
-            raise BenchFailed(f"devmodels vfio-user did not start: {line.strip()}")
+            raise BenchFailure(f"devmodels vfio-user did not start: {line.strip()}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -342,9 +338,10 @@ def bench_ops(work: Path, runs: int, count: int) -> dict[str, Any]:
     for side, samples in sides.items():
         for index, op in enumerate(("read", "write", "dma4k")):
             out[f"{side}_{op}_us"] = statistics.median(s[index] for s in samples)
-    for op in ("read", "write", "dma4k"):
+    for op in ("read", "write", "dma4k"):  # bench.common rule 3: the run count beside every ratio
         out[f"ratio_{op}"] = out[f"vfio_user_{op}_us"] / out[f"inprocess_{op}_us"]
         out[f"host_ratio_{op}"] = out[f"host_vfio_user_{op}_us"] / out[f"host_inprocess_{op}_us"]
+        out[f"ratio_{op}_runs"] = out[f"host_ratio_{op}_runs"] = runs
     return out
 
 
@@ -402,27 +399,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    reason = unavailable() or compiler_missing()
-    if reason is not None:
-        print(f"bench kvm: {reason}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": reason}))
-        return 1
-    results: dict[str, dict[str, Any]] = {}
-    try:
+
+    def body() -> tuple[dict[str, Any], list[str]]:
+        reason = unavailable() or compiler_missing()
+        if reason is not None:
+            raise BenchFailure(reason)
+        results: dict[str, dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="bench-kvm-") as tmp:
             for part in args.parts or list(PARTS):
                 results[part] = PARTS[part](Path(tmp), args)
-    except BenchFailed as exc:
-        print(f"bench kvm: {exc}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": str(exc)}))
-        return 1
-    if args.json:
-        print(json.dumps({"runs": args.runs, **results}))
-    else:
-        print("\n".join(_table(results, args.runs)))
-    return 0
+        return {"runs": args.runs, **results}, _table(results, args.runs)
+
+    return run_main("kvm", args.json, body)
 
 
 if __name__ == "__main__":
