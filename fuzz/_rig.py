@@ -132,13 +132,16 @@ class PciRig(Rig):
         (reset or self.function.reset_function)()
 
     def snapshot_roundtrip(self) -> None:
-        """Rule: the snapshot survives plain-data transport and restore unchanged."""
+        """Rule: a snapshot taken at the quiesce point (``quiesce()`` then ``state()``, the
+        snapshot contract) survives plain-data transport and restore unchanged."""
         state_fn: Callable[[], Any] | None = getattr(self.function, "state", None)
         restore_fn: Callable[[Any], None] | None = getattr(self.function, "restore", None)
         if state_fn is None or restore_fn is None or self.state_type is None:
             return
+        self.function.quiesce()
         before = state_fn()
-        rebuilt: Any = from_dict(self.state_type, to_dict(before))
+        state_type = getattr(self.function, "state_type", self.state_type)  # parameterized if generic
+        rebuilt: Any = from_dict(state_type, to_dict(before))
         if rebuilt != before:
             raise Finding("snapshot", "state changed through to_dict/from_dict")
         restore_fn(rebuilt)

@@ -28,7 +28,7 @@ from virtio.defs import (
 )
 from virtio.device import VirtioDevice
 from virtio.testing import make_driver
-from virtio.transport import VirtioMmioDevice, VirtioMmioState, VirtioPciFunction, VirtioPciState
+from virtio.transport import VirtioMmioDevice, VirtioPciFunction, VirtioPciState
 from virtio.transport.testing import MmioDriver, PciDriver, TransportDriver
 
 from ._rig import RAM_SIZE, Finding, PciRig, Rig
@@ -50,13 +50,10 @@ def _pump(device: VirtioDevice) -> None:
         process()
 
 
-def _roundtrip(rig: Rig, state_type: type, transport: Any) -> None:
-    for quiesce in ("drain", "flush_rx"):  # the snapshot contract: a VMM quiesces first
-        method = getattr(transport.device, quiesce, None)
-        if callable(method):
-            method()
+def _roundtrip(rig: Rig, transport: Any) -> None:
+    transport.quiesce()  # the snapshot contract: quiesce(), then state()
     before = transport.state()
-    rebuilt: Any = from_dict(state_type, to_dict(before))
+    rebuilt: Any = from_dict(transport.state_type, to_dict(before))  # the device section typed
     if to_dict(rebuilt) != to_dict(before):
         raise Finding("snapshot", "state changed through to_dict/from_dict")
     transport.restore(rebuilt)
@@ -134,7 +131,7 @@ class VirtioPciRig(PciRig):
 
     def snapshot_roundtrip(self) -> None:
         """state() -> plain dict -> state -> restore(); compared as plain data."""
-        _roundtrip(self, VirtioPciState, self.transport)
+        _roundtrip(self, self.transport)
 
     def health_check(self) -> None:
         """A PCI driver completes one request after reset."""
@@ -176,7 +173,7 @@ class VirtioMmioRig(Rig):
 
     def snapshot_roundtrip(self) -> None:
         """state() -> plain dict -> state -> restore(); compared as plain data."""
-        _roundtrip(self, VirtioMmioState, self.transport)
+        _roundtrip(self, self.transport)
 
     def health_check(self) -> None:
         """An MMIO driver completes one request after reset."""

@@ -5,7 +5,7 @@ Ops: ABAR (BAR5, region 0) registers, config space (MSI offered), guest RAM (com
 lists, tables, PRDTs, FIS areas), ``PUMP`` = the VMM's ``poll()`` after backend
 completions, ``BACKEND`` = the host ejects (``event & 1``) or inserts the CD medium
 (``change_medium``; only while the port is idle, as the API requires). Snapshots are taken
-at a quiesce point, as the snapshot contract requires (``poll`` until idle).
+at a quiesce point, as the snapshot contract requires (``quiesce()`` first, in ``PciRig``).
 Healthy after reset means: the in-package libahci simulator
 (``devmodels.ahci.testing.AhciDriver``) resets the HBA, starts port 0, IDENTIFYs the disk
 and reads back a sector it wrote.
@@ -71,12 +71,6 @@ class AhciRig(PciRig):
         if not self._quiesce():
             return
         self.device.change_medium(1, None if event & 1 else self.cd)
-
-    def snapshot_roundtrip(self) -> None:
-        """At a quiesce point only (the contract of ``AhciController.state``)."""
-        if not self._quiesce():
-            return
-        super().snapshot_roundtrip()
 
     def driver(self) -> AhciDriver:
         """A libahci simulator on ABAR through the machine's bus, polling through ``pump``."""

@@ -50,6 +50,14 @@ Rules:
     ``next_deadline``/``tick``, for one more ``recheck`` ``IDLE_RECHECK_NS`` later — the
     "once more when idle" of rule 9, on the loop's clock, never the device's own. Devices
     with backends add their descriptors, waker and completions (virtio-blk, virtio-net).
+11. Snapshots (``devmodels._state``): ``quiesce()`` runs the queues left over and has the
+    device finish what it holds (``finish_in_flight``: virtio-blk's requests, virtio-net's
+    receive chains), then ``state()`` copies; ``state()`` refuses, naming ``quiesce()``,
+    while ``unfinished_work()`` says what is left. The device's own section is typed:
+    ``VirtioDeviceState[D]`` with ``D`` the ``device_state_type``, which carries the
+    device's constructor arguments (``args``); ``restore`` checks the section, args
+    first, before anything else. A restored live device rechecks its queues once when
+    served (rule 10), so buffers made available around the snapshot are not left waiting.
 
 Hostile guests: no guest action (register write, descriptor, ring index, address) and no
 message a VMM peer sends may end a server process or stall its rings beyond a stated
@@ -65,12 +73,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import construct as cs
 
 from devmodels import GuestError, GuestMemory, UsageError
-from devmodels._state import check_bool, check_bytes, check_int, check_type, check_version, from_dict
+from devmodels.snapshot import check_bool, check_bytes, check_int, check_type, check_version, require_quiesced
 from devmodels._trace import tracepoint
 from devmodels.runtime import ServedDeviceDefaults
 from devmodels._errors import SnapshotError
@@ -177,14 +185,17 @@ def _default_queue_factory(max_size: int, packed: bool) -> Any:
     return Virtqueue(max_size, packed=packed)
 
 
+D = TypeVar("D")
+
+
 @dataclass(frozen=True)
-class VirtioDeviceState:
+class VirtioDeviceState(Generic[D]):
     """Snapshot of the transport-neutral part of a virtio device (STYLE 8).
 
     ``queues`` holds each queue's own state (``Virtqueue.state()``); ``device`` is the
-    subclass's section (``None`` when it has none). Its type depends on the device, so
-    ``devmodels.from_dict`` leaves it as the plain dict ``to_dict`` made of it;
-    ``VirtioDevice.restore`` rebuilds it as the device's ``device_state_type``.
+    subclass's section, of the subclass's ``device_state_type`` ``D`` (``None`` when it has
+    none). It decodes typed: ``from_dict(VirtioDeviceState[VirtioBlkState], data)``
+    (``VirtioDevice.state_type`` is that type for a device).
     """
 
     version: int
@@ -202,7 +213,7 @@ class VirtioDeviceState:
     packed: bool
     queues: tuple[VirtqueueState, ...]
     epochs: tuple[int, ...]
-    device: Any = None
+    device: D | None = None
 
 
 _STATE_VERSION = 1
@@ -235,8 +246,15 @@ class VirtioDevice(ServedDeviceDefaults):
     """Optional ``construct`` layout of the configuration bytes (for ``config_fields``)."""
 
     device_state_type: ClassVar[type | None] = None
-    """The dataclass ``device_state`` returns, if any: ``restore`` rebuilds a section that
-    arrives as a plain dict (``from_dict`` of a whole ``VirtioDeviceState``) as this type."""
+    """The dataclass ``device_state`` returns, if any (the ``D`` of ``VirtioDeviceState[D]``)."""
+
+    snapshot_kind: ClassVar[str] = ""
+    """The kind a snapshot file names (``devmodels.snapshot_file``); a device that cannot be
+    rebuilt from its state (no args section) has none."""
+
+    QUIESCE_ROUNDS: ClassVar[int] = 64
+    """At most this many rounds of leftover queue work and ``finish_in_flight`` in one
+    ``quiesce()`` (a stopped driver adds nothing, so a few rounds finish everything)."""
 
     def __init__(
         self,
@@ -841,7 +859,37 @@ class VirtioDevice(ServedDeviceDefaults):
         self.reset_device()
         self.transport.device_reset()
 
-    # -- snapshot --------------------------------------------------------------------------
+    # -- snapshot (rule 11) -------------------------------------------------------------------
+
+    @property
+    def state_type(self) -> Any:
+        """``VirtioDeviceState[D]`` for this device's section type ``D`` (what ``from_dict``
+        decodes its state into)."""
+        return VirtioDeviceState[self.device_state_type or type(None)]  # type: ignore[misc]
+
+    def unfinished_work(self) -> str | None:
+        """What the device holds unfinished, or None at a quiesce point (override)."""
+        return None
+
+    def finish_in_flight(self) -> None:
+        """Finish what ``unfinished_work`` reports (override: wait for backends, give back
+        buffers held)."""
+
+    def quiesce(self) -> None:
+        """Run the queues left over and finish what the device holds (rule 11), so that
+        ``state()`` can be taken.
+
+        Raises:
+            UsageError: work still appears after ``QUIESCE_ROUNDS`` rounds (the driver is
+                still running: stop the guest first).
+        """
+        for _ in range(self.QUIESCE_ROUNDS):
+            self.run_pending()
+            self.finish_in_flight()
+            if not self.pending and self.unfinished_work() is None:
+                return
+        raise UsageError(f"{self.name}: quiesce() still found {self.unfinished_work() or 'queues with work left'} after "
+                         f"{self.QUIESCE_ROUNDS} rounds; stop the guest first")
 
     def device_state(self) -> Any:
         """The subclass's snapshot section (override with ``restore_device_state``)."""
@@ -855,14 +903,13 @@ class VirtioDevice(ServedDeviceDefaults):
     def restore_device_state(self, state: Any) -> None:
         """Apply a validated subclass section (override)."""
 
-    def _typed_device_section(self, section: Any) -> Any:
-        kind = self.device_state_type
-        if kind is not None and isinstance(section, dict):
-            return from_dict(kind, section, "device")
-        return section
+    def state(self) -> VirtioDeviceState[Any]:
+        """Snapshot of the device (plain data, STYLE 8) at the quiesce point (rule 11).
 
-    def state(self) -> VirtioDeviceState:
-        """Snapshot of the device (plain data, STYLE 8)."""
+        Raises:
+            UsageError: ``unfinished_work()`` reports work; ``quiesce()`` first.
+        """
+        require_quiesced(self.name, self.unfinished_work())
         return VirtioDeviceState(
             version=_STATE_VERSION,
             status=self.status,
@@ -882,14 +929,17 @@ class VirtioDevice(ServedDeviceDefaults):
             device=self.device_state(),
         )
 
-    def restore(self, state: VirtioDeviceState) -> None:
+    def restore(self, state: VirtioDeviceState[Any]) -> None:
         """Validate ``state`` completely, then apply it (all or nothing).
 
         Raises:
-            SnapshotError: a field this device could not have produced; nothing applied.
+            SnapshotError: a field this device could not have produced, or a device
+                section (args first) of a device built differently; nothing applied.
         """
         check_type("state", state, VirtioDeviceState)
         check_version("version", state.version, _STATE_VERSION)
+        section = state.device
+        self.check_device_state(section)
         status = check_int("status", state.status, 0, 0xFF)
         if status & ~(DRIVER_BITS | DEVICE_NEEDS_RESET) or status & ~(FAILED | DEVICE_NEEDS_RESET) not in _REACHABLE:
             raise SnapshotError("status", f"{status_names(status)} is not a state the device can reach")
@@ -923,8 +973,6 @@ class VirtioDevice(ServedDeviceDefaults):
                 queue.restore(queue_state)
             except SnapshotError as exc:
                 raise SnapshotError(f"queues[{i}].{exc.field}", exc.reason) from None
-        section = self._typed_device_section(state.device)
-        self.check_device_state(section)
         # Everything validated: apply.
         self.status = state.status
         self.features.driver = state.driver_features
@@ -942,6 +990,9 @@ class VirtioDevice(ServedDeviceDefaults):
         self.pending.clear()
         self.error = GuestError("DEVICE_NEEDS_RESET restored from a snapshot") if self.broken else None
         self.restore_device_state(section)
+        # Rule 11: once served, recheck the queues (buffers the driver made available
+        # around the snapshot, notifications it is owed).
+        self._notified = self.live
 
     def __repr__(self) -> str:
         return f"<{self.name} id={self.device_id} status={status_names(self.status)}>"

@@ -15,9 +15,12 @@ Rules:
    write also polls once, so synchronous backends finish inside the write.
 4. GHC.HR (§10.4.3) resets the HBA at once but reads 1 until every port's cancelled
    backend requests have come back; only then does it clear and links come up again.
-5. Snapshots (``state``/``restore``) require a quiesced controller: no request in flight
-   (``busy`` is False); ``quiesce()`` gets it there, ``state()`` raises ``UsageError``
-   otherwise.
+5. Snapshots (``devmodels._state``) are taken at the quiesce point: ``quiesce()`` runs
+   posted work and waits for every backend request, then ``state()`` copies; ``state()``
+   and ``restore()`` raise ``UsageError`` naming ``quiesce()`` while work is in flight.
+   The state carries ``AhciArgs`` (ports, MSI, each port's drive); ``restore`` refuses a
+   state of a controller built or equipped differently, and ``from_state`` builds one
+   from the state around the media the restorer opens.
 6. Posted writes (``posted_writes=True``): a write that issues commands (PxCI, PxCMD.ST)
    stores the register and returns; the command engine runs at the next ``poll()``, which
    the VMM calls right after it has completed the guest's write (a proxy answers first,
@@ -33,11 +36,12 @@ Rules:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from .._errors import HostError, UsageError
+from .._errors import HostError, SnapshotError, UsageError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
+from .._state import check_type, require_quiesced
 from .._trace import tracepoint
 from ..backends import BlockBackend
 from ..pci import PciFunction
@@ -45,7 +49,8 @@ from . import regs as r
 from .atapi import AtapiCdrom
 from .command import Drive
 from .port import AhciPort
-from .state import AhciState, apply_state, capture_state, check_state
+from .ata import AtaDisk
+from .state import AhciArgs, AhciState, AtaDiskArgs, AtapiArgs, apply_state, capture_state, check_state, constructor_args
 
 __all__ = ["AhciController"]
 
@@ -370,16 +375,29 @@ class AhciController(PciFunction):
 
     # -- snapshots (rule 5) ---------------------------------------------------------------
 
+    snapshot_kind = "ahci"
+    state_type = AhciState
+
+    def _in_flight(self) -> str | None:
+        if self._posted:
+            return "posted command work pending"
+        if self.busy:
+            return "backend requests in flight"
+        if self.resetting:
+            return "an HBA reset waiting for backend requests"
+        return None
+
+    def constructor_args(self) -> AhciArgs:
+        """The constructor arguments a snapshot carries, with the drives attached now."""
+        return constructor_args(self)
+
     def state(self) -> AhciState:
-        """Snapshot the controller.
+        """Snapshot the controller at the quiesce point (rule 5).
 
         Raises:
-            UsageError: backend requests are in flight (the quiesce point of rule 5).
+            UsageError: work is in flight; ``quiesce()`` first.
         """
-        if self._posted:
-            self.poll()
-        if self.busy or self.resetting:
-            raise UsageError("state() needs a quiesced controller; poll() until busy is False")
+        require_quiesced(self.name, self._in_flight())
         return capture_state(self)
 
     def restore(self, state: AhciState) -> None:
@@ -387,13 +405,52 @@ class AhciController(PciFunction):
 
         Raises:
             SnapshotError: a field is inconsistent with this controller; nothing changed.
-            UsageError: the controller has requests in flight.
+            UsageError: the controller has work in flight; ``quiesce()`` first.
         """
-        if self._posted:
-            self.poll()
-        if self.busy:
-            raise UsageError("restore() needs a quiesced controller")
+        in_flight = self._in_flight()
+        if in_flight is not None:
+            raise UsageError(f"{self.name}: restore() with {in_flight}; call quiesce() first")
         check_state(self, state)
         apply_state(self, state)
         self._ie_was = bool(self.registers["GHC"] & r.GHC_IE)
         self.update_irq()
+
+    @classmethod
+    def from_state(cls, state: AhciState, memory: GuestMemory, media: Sequence[BlockBackend | None] = (), *,
+                   posted_writes: bool = False, name: str = "ahci") -> AhciController:
+        """A controller built from ``state.args``, its drives around ``media`` (one per port,
+        in port order: ``None`` for an empty port or an empty CD tray; missing entries are
+        ``None``), with ``state`` restored (rule 5; ``devmodels._state`` rule 5).
+
+        Raises:
+            SnapshotError: the args, the media or the state do not fit together.
+        """
+        check_type("args", getattr(state, "args", None), AhciArgs)
+        args = state.args
+        check_type("args.drives", args.drives, tuple)
+        if len(media) > len(args.drives):
+            raise SnapshotError("args.drives", f"{len(media)} media for {len(args.drives)} ports")
+        media = tuple(media) + (None,) * (len(args.drives) - len(media))
+        try:
+            hba = cls(memory, ports=args.ports, msi=args.msi, posted_writes=posted_writes, name=name)
+            if len(args.drives) != len(hba.ports):
+                raise SnapshotError("args.drives", f"{len(args.drives)} drives for {len(hba.ports)} ports")
+            for port, (drive, medium) in enumerate(zip(args.drives, media, strict=True)):
+                if isinstance(drive, AtaDiskArgs):
+                    if medium is None:
+                        raise SnapshotError(f"args.drives[{port}]", "an ATA disk needs a backend")
+                    hba.attach(port, AtaDisk(medium, model=drive.model, serial=drive.serial, firmware=drive.firmware,
+                                             rotational=drive.rotational))
+                elif isinstance(drive, AtapiArgs):
+                    hba.attach(port, AtapiCdrom(medium, model=drive.model, serial=drive.serial, firmware=drive.firmware,
+                                                vendor=drive.vendor, product=drive.product, revision=drive.revision))
+                elif drive is not None:
+                    raise SnapshotError(f"args.drives[{port}]", f"not a drive: {type(drive).__name__}")
+                elif medium is not None:
+                    raise SnapshotError(f"args.drives[{port}]", "a medium for a port without a drive")
+        except SnapshotError:
+            raise
+        except UsageError as exc:
+            raise SnapshotError("args", str(exc)) from None
+        hba.restore(state)
+        return hba

@@ -3,16 +3,20 @@
 Rules (``devmodels._state``):
 
 1. ``capture_state`` copies; nothing mutable is shared with the controller.
-2. ``check_state`` validates every field against the live controller (its CAP, ports,
-   drives and backends) and raises ``SnapshotError`` naming the field; ``apply_state`` runs
-   only after it passed, so a rejected snapshot changes nothing.
+2. ``check_state`` checks ``args`` first (``AhciArgs``: the port count, MSI and each
+   port's drive with its identity strings, against the live controller's), then validates
+   every field against the live controller (its CAP, ports, drives and backends) and
+   raises ``SnapshotError`` naming the field; ``apply_state`` runs only after it passed,
+   so a rejected snapshot changes nothing.
 3. The quiesce point: a snapshot holds no command in flight (``AhciController.state``
-   refuses while ``busy``). So PxCMD.CR equals PxCMD.ST, no queued command is outstanding,
-   and a port's PxCI/PxSACT bits are only those a halted port keeps for software or
-   those issued while the link is not up (they start when it comes up).
-4. Drives are host objects: a snapshot records their settings, not their media. Restoring
-   needs the same kind of drive on each port, the same disk size, and an ATAPI medium
-   present exactly when it was.
+   refuses, naming ``quiesce()``, while posted work waits, a request is in flight or an
+   HBA reset waits for one). So PxCMD.CR equals PxCMD.ST, no queued command is
+   outstanding, and a port's PxCI/PxSACT bits are only those a halted port keeps for
+   software or those issued while the link is not up (they start when it comes up).
+4. Drives are host objects: a snapshot records their identity (in ``args``) and settings,
+   not their media. Restoring needs the same drive on each port, the same disk size, and
+   an ATAPI medium present exactly when it was; ``AhciController.from_state`` builds the
+   drives from ``args`` around the media the restorer opens.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .._errors import SnapshotError
 from .._regs import Access, RegisterFile
-from .._state import check_bool, check_bytes, check_int, check_type, check_version
+from .._state import check_args, check_bool, check_bytes, check_int, check_type, check_version
 from ..pci import PciFunctionState
 from . import defs as d
 from . import regs as r
@@ -34,9 +38,42 @@ if TYPE_CHECKING:
     from .hba import AhciController
     from .port import AhciPort
 
-__all__ = ["AtaDiskState", "AtapiState", "PortState", "AhciState", "capture_state", "check_state", "apply_state"]
+__all__ = ["AtaDiskArgs", "AtapiArgs", "AhciArgs", "AtaDiskState", "AtapiState", "PortState", "AhciState",
+           "constructor_args", "capture_state", "check_state", "apply_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: args
+
+
+@dataclass(frozen=True)
+class AtaDiskArgs:
+    """An ATA disk's constructor arguments (its backend is the restorer's)."""
+
+    model: str
+    serial: str
+    firmware: str
+    rotational: bool
+
+
+@dataclass(frozen=True)
+class AtapiArgs:
+    """An ATAPI drive's constructor arguments (its medium is the restorer's)."""
+
+    model: str
+    serial: str
+    firmware: str
+    vendor: str
+    product: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class AhciArgs:
+    """The controller's constructor arguments and the drives attached to its ports (rule 4);
+    ``posted_writes`` and the name are the restorer's to choose."""
+
+    ports: int
+    msi: bool
+    drives: tuple[AtaDiskArgs | AtapiArgs | None, ...]
 
 
 @dataclass(frozen=True)
@@ -87,6 +124,7 @@ class AhciState:
     """The whole controller."""
 
     version: int
+    args: AhciArgs
     pci: PciFunctionState
     registers: tuple[tuple[int, int], ...]
     ports: tuple[PortState, ...]
@@ -114,6 +152,22 @@ def _drive_states(port: AhciPort) -> tuple[AtaDiskState | None, AtapiState | Non
     return None, None
 
 
+def _drive_args(drive: object) -> AtaDiskArgs | AtapiArgs | None:
+    if isinstance(drive, AtaDisk):
+        info = drive.info
+        return AtaDiskArgs(info.model, info.serial, info.firmware, bool(drive.rotational))
+    if isinstance(drive, AtapiCdrom):
+        info, inquiry = drive.info, drive._inquiry_strings  # vendor, product, revision as INQUIRY pads them
+        text = [inquiry[a:b].decode("ascii").rstrip(" ") for a, b in ((0, 8), (8, 24), (24, 28))]
+        return AtapiArgs(info.model, info.serial, info.firmware, *text)
+    return None
+
+
+def constructor_args(hba: AhciController) -> AhciArgs:
+    """The controller's ``AhciArgs`` as attached now (rule 4)."""
+    return AhciArgs(len(hba.ports), hba.msi is not None, tuple(_drive_args(port.drive) for port in hba.ports))
+
+
 def capture_state(hba: AhciController) -> AhciState:
     """Rule 1."""
     ports = []
@@ -122,7 +176,8 @@ def capture_state(hba: AhciController) -> AhciState:
         ports.append(
             PortState(tuple(sorted(port.regs.values.items())), port.halted, port.next_slot, port.srst, int(port.link), ata, atapi)
         )
-    return AhciState(STATE_VERSION, hba.pci_state(), tuple(sorted(hba.registers.values.items())), tuple(ports))
+    return AhciState(STATE_VERSION, constructor_args(hba), hba.pci_state(), tuple(sorted(hba.registers.values.items())),
+                     tuple(ports))
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -245,6 +300,7 @@ def check_state(hba: AhciController, state: AhciState) -> None:
     """Rule 2: raise ``SnapshotError`` for anything this controller could not have produced."""
     check_type("state", state, AhciState)
     check_version("version", state.version, STATE_VERSION)
+    check_args("args", state.args, constructor_args(hba))
     hba.check_pci_state(state.pci)
     values = _check_registers("registers", hba.registers, state.registers)
     if values[r.GHC] & ~(r.GHC_AE | r.GHC_IE) or not values[r.GHC] & r.GHC_AE:

@@ -22,24 +22,29 @@ Rules:
    only note the ring work; it runs in ``run_posted()``, which the VMM calls once the
    guest's access has completed, as a posted PCI write lets the CPU go on while the NIC
    fetches descriptors (``devmodels.runtime`` ``ServedDevice`` rule 4). Every later BAR
-   access, ``state()`` and reset runs or drops posted work first, so the order of effects
-   the driver can observe is unchanged.
+   access and reset runs or drops posted work first, so the order of effects the driver
+   can observe is unchanged; ``quiesce()`` runs it, and ``state()`` refuses while any is
+   pending (``devmodels._state`` rule 1).
 4. DMA happens only while PCI Command.MASTER is set.
 5. Guest errors never escape an entry point (see ``errors.py``); ``UsageError`` is raised
-   only for bad constructor arguments or snapshots.
+   only for bad constructor arguments or snapshots, and by ``state()`` before ``quiesce()``.
 6. Served by a loop (``devmodels.runtime.ServedDevice``), the device asks for its
    backend's descriptor only while a frame would be written (``rx_ready``), so a full
    receive ring leaves frames in the backend instead of spinning the loop; a backend
    without a descriptor wakes the loop through the bound waker instead.
+7. Snapshots (``devmodels._state``): ``quiesce()`` then ``state()``; the state carries
+   ``E1000Args``; ``restore`` refuses a state of an e1000 built differently, and
+   ``E1000.from_state`` builds one from the state instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .._errors import UsageError
+from .._errors import SnapshotError, UsageError
 from .._memory import GuestMemory
 from .._regs import Reg, RegisterFile, check_hook_names
+from .._state import check_type, require_quiesced
 from .._trace import tracepoint
 from ..backends import NetBackend
 from ..pci import BarKind, PciFunction
@@ -50,7 +55,7 @@ from .interrupts import InterruptUnit
 from .offload import TsoContext
 from .phy import M88Phy
 from .rx import RxEngine, RxResult
-from .state import CONTEXT_FIELDS, STATE_VERSION, E1000State, check_state
+from .state import CONTEXT_FIELDS, STATE_VERSION, E1000Args, E1000State, check_state
 from .stats import Stats
 from .tx import TxEngine
 
@@ -168,6 +173,8 @@ class E1000(PciFunction):
             subsystem_id=r.E1000_SUBSYS_ID,
             name=name,
         )
+        self._args = E1000Args(bytes(mac), None if eeprom is None else tuple(eeprom), revision, bool(msi),
+                               bool(mitigation), bool(link))
         self.memory = memory
         self.backend = backend
         self.posted_writes = bool(posted_writes)
@@ -495,18 +502,51 @@ class E1000(PciFunction):
         return ran
 
     def quiesce(self) -> None:
-        """Nothing the e1000 does outlives a call but posted work: run it (rule 3)."""
+        """Nothing the e1000 does outlives a call but posted work: run it (rule 3), so that
+        ``state()`` can be taken."""
         self._run_posted_ring_work()
 
-    # -- snapshot ------------------------------------------------------------------------
+    # -- snapshot (devmodels._state) ---------------------------------------------------------
+
+    snapshot_kind = "e1000"
+    state_type = E1000State
+
+    def constructor_args(self) -> E1000Args:
+        """The constructor arguments a snapshot carries (``devmodels._state`` rule 3)."""
+        return self._args
+
+    @classmethod
+    def from_state(cls, state: E1000State, memory: GuestMemory, backend: NetBackend | None = None, *,
+                   posted_writes: bool = False, name: str = "e1000") -> E1000:
+        """An e1000 built from ``state.args`` with the restorer's ``backend``, ``state``
+        restored (``devmodels._state`` rule 5).
+
+        Raises:
+            SnapshotError: the args or the state are refused.
+        """
+        check_type("args", getattr(state, "args", None), E1000Args)
+        a = state.args
+        try:
+            device = cls(memory, backend, mac=a.mac, eeprom=a.eeprom, revision=a.revision, msi=a.msi,
+                         mitigation=a.mitigation, link=a.link, posted_writes=posted_writes, name=name)
+        except UsageError as exc:
+            raise SnapshotError("args", str(exc)) from None
+        device.restore(state)
+        return device
 
     def state(self) -> E1000State:
-        """The device's state as plain data (posted work runs first, rule 3)."""
-        self._run_posted_ring_work()
+        """The device's state as plain data, at the quiesce point (``devmodels._state``
+        rule 1).
+
+        Raises:
+            UsageError: posted ring work has not run; ``quiesce()`` first.
+        """
+        require_quiesced(self.name, "posted ring work pending" if self._posted else None)
         regs, cable, latched, an = self.phy.snapshot()
         now, asserted, last, deadlines = self.irq.snapshot()
         return E1000State(
             version=STATE_VERSION,
+            args=self._args,
             pci=self.pci_state(),
             registers=tuple(sorted(self.registers.values.items())),
             io_addr=self.io_addr,
@@ -532,7 +572,7 @@ class E1000(PciFunction):
         Raises:
             SnapshotError: any field is inconsistent; nothing was applied.
         """
-        values = check_state(state, self.registers)
+        values = check_state(state, self._args, self.registers)
         self.check_pci_state(state.pci)
         self.load_pci_state(state.pci)
         self.registers.values = values

@@ -2,12 +2,15 @@
 
 Rules:
 
-1. ``E1000State`` holds everything that survives between two device calls: PCI config,
-   every register value, the EEPROM image and Microwire port, the PHY, the interrupt
-   unit (time, output level, deadlines), both transmit contexts and IOADDR. There is no
-   in-flight packet to save: the engines never hold one between calls.
-2. ``check_state`` validates every field against the device it is meant for and raises
-   ``SnapshotError`` naming the field; ``E1000.restore`` calls it before applying anything.
+1. ``E1000State`` holds the constructor arguments (``E1000Args``: what the guest sees of
+   how the device was built) and everything that survives between two device calls: PCI
+   config, every register value, the EEPROM image and Microwire port, the PHY, the
+   interrupt unit (time, output level, deadlines), both transmit contexts and IOADDR.
+   There is no in-flight packet to save: the engines never hold one between calls, and
+   posted ring work is run by ``quiesce()`` before ``state()`` (which refuses otherwise).
+2. ``check_state`` checks ``args`` against the device's first, then validates every
+   field against the device it is meant for and raises ``SnapshotError`` naming the
+   field; ``E1000.restore`` calls it before applying anything.
 3. Deadlines are absolute times in the VMM's clock; a VMM restoring elsewhere must keep
    its clock continuous (or call ``tick`` with a matching time base).
 """
@@ -18,15 +21,15 @@ from dataclasses import dataclass
 
 from .._errors import SnapshotError
 from .._regs import RegisterFile
-from .._state import check_bool, check_int, check_version
+from .._state import check_args, check_bool, check_int, check_version
 from ..pci import PciFunctionState
 from .eeprom import MicrowirePort, check_image
 from .interrupts import InterruptUnit
 from .phy import M88Phy
 
-__all__ = ["E1000State", "STATE_VERSION", "CONTEXT_FIELDS", "check_state"]
+__all__ = ["E1000Args", "E1000State", "STATE_VERSION", "CONTEXT_FIELDS", "check_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: args
 # TsoContext fields in snapshot order, with their bit widths
 CONTEXT_FIELDS = (
     ("ipcss", 8),
@@ -43,10 +46,24 @@ CONTEXT_FIELDS = (
 
 
 @dataclass(frozen=True)
+class E1000Args:
+    """The constructor arguments of an ``E1000`` that the guest sees (``devmodels._state``
+    rule 3). The backend, the name and ``posted_writes`` are the restorer's to choose."""
+
+    mac: bytes
+    eeprom: tuple[int, ...] | None
+    revision: int
+    msi: bool
+    mitigation: bool
+    link: bool
+
+
+@dataclass(frozen=True)
 class E1000State:
     """A snapshot of an ``E1000`` (rule 1)."""
 
     version: int
+    args: E1000Args
     pci: PciFunctionState
     registers: tuple[tuple[int, int], ...]
     io_addr: int
@@ -66,8 +83,8 @@ class E1000State:
     tx_context_tso: tuple[int, ...]
 
 
-def check_state(state: E1000State, registers: RegisterFile) -> dict[int, int]:
-    """Validate ``state`` for a device with this register table (rule 2).
+def check_state(state: E1000State, args: E1000Args, registers: RegisterFile) -> dict[int, int]:
+    """Validate ``state`` for a device built with ``args`` and this register table (rule 2).
 
     Returns:
         the register values as a dict, ready to apply.
@@ -78,6 +95,7 @@ def check_state(state: E1000State, registers: RegisterFile) -> dict[int, int]:
     if not isinstance(state, E1000State):
         raise SnapshotError("state", f"expected E1000State, got {type(state).__name__}")
     check_version("version", state.version, STATE_VERSION)
+    check_args("args", state.args, args)
     known = {reg.offset: reg for reg in registers.registers}
     if not isinstance(state.registers, tuple):
         raise SnapshotError("registers", "expected a tuple of (offset, value) pairs")

@@ -24,17 +24,23 @@ from . import regs as r
 from .._errors import GuestError, SnapshotError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
-from .._state import check_int, check_type, check_version
+from .._state import check_args, check_int, check_type, check_version
 from .._trace import tracepoint
 from ..pci import BarKind, PciFunction, PciFunctionState
 
-__all__ = ["PciTestDevice", "PciTestDeviceState"]
+__all__ = ["PciTestDevice", "PciTestDeviceArgs", "PciTestDeviceState"]
 
 _DMA_VECTOR = 1  # the DMA engine's MSI-X vector
 
 _tp_dma = tracepoint("testdev.dma")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: args
+
+
+@dataclass(frozen=True)
+class PciTestDeviceArgs:
+    """The test device's constructor arguments: it has none but its memory (``devmodels._state``
+    rule 3); the empty section still names what a snapshot was taken of."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class PciTestDeviceState:
     """Snapshot of the test device."""
 
     version: int
+    args: PciTestDeviceArgs
     pci: PciFunctionState
     registers: tuple[tuple[int, int], ...]
 
@@ -144,10 +151,32 @@ class PciTestDevice(PciFunction):
         self.reset_function()
         self.registers.reset()
 
+    # The snapshot contract (devmodels._state): the device finishes every access inside the
+    # call, so it is always at its quiesce point (quiesce() is the default's, a no-op).
+
+    snapshot_kind = "testdev"
+    state_type = PciTestDeviceState
+
+    def constructor_args(self) -> PciTestDeviceArgs:
+        """The constructor arguments a snapshot carries (none)."""
+        return PciTestDeviceArgs()
+
+    @classmethod
+    def from_state(cls, state: PciTestDeviceState, memory: GuestMemory) -> PciTestDevice:
+        """A test device with ``state`` restored (``devmodels._state`` rule 5).
+
+        Raises:
+            SnapshotError: the state is refused.
+        """
+        device = cls(memory)
+        device.restore(state)
+        return device
+
     def state(self) -> PciTestDeviceState:
         """Snapshot."""
         return PciTestDeviceState(
             version=_STATE_VERSION,
+            args=PciTestDeviceArgs(),
             pci=self.pci_state(),
             registers=tuple(sorted(self.registers.values.items())),
         )
@@ -160,6 +189,7 @@ class PciTestDevice(PciFunction):
         """
         check_type("state", state, PciTestDeviceState)
         check_version("version", state.version, _STATE_VERSION)
+        check_args("args", state.args, PciTestDeviceArgs())
         self.check_pci_state(state.pci)
         known = {reg.offset: reg for reg in self.registers.registers}
         check_type("registers", state.registers, tuple)

@@ -1,10 +1,11 @@
 """vfio-user migration (``DEVICE_FEATURE`` + ``MIG_DATA_READ``/``WRITE``) through the
-devices' snapshot contract (``device.state()`` / ``device.restore(state)``).
+devices' snapshot contract (``devmodels._state``: ``quiesce()``, ``state()``, ``restore()``).
 
-The device state travels as one JSON document: ``{"format", "version", "device",
-"state": to_dict(device.state())}``; the destination decodes it with ``from_dict`` into
-the class its own device's ``state()`` returns and hands it to ``restore``, which
-validates everything before applying anything (``devmodels._state`` rule 2).
+The device state travels as a snapshot document (``devmodels.snapshot_file``: a header
+with the format version and the device kind, then ``to_dict(device.state())``, which
+carries the device's constructor arguments). The destination decodes it into its own
+device's ``state_type`` and hands it to ``restore``, which refuses a device built
+differently (naming the argument) and validates everything before applying anything.
 
 Rules (vfio-user.rst "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE"):
 
@@ -15,10 +16,17 @@ Rules (vfio-user.rst "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE"):
    ``VFIO_USER_DEVICE_RESET`` leaves (back to ``RUNNING``).
 2. ``MIG_DATA_READ`` is valid only in ``STOP_COPY``, ``MIG_DATA_WRITE`` only in
    ``RESUMING``. Incoming migration data is bounded by ``max_bytes``.
-3. ``RESUMING -> STOP`` restores the device; data that is not a devmodels migration
-   document for this device class, or that ``restore`` rejects, fails the arc.
-4. The machine only sequences state capture; it never blocks device accesses (a sans-IO
-   device changes only when accessed, so a VMM that stops accessing it has stopped it).
+3. ``RESUMING -> STOP`` restores the device; data that is not a snapshot of this device's
+   kind, or that ``restore`` rejects, fails the arc.
+4. ``RUNNING -> STOP`` quiesces the device (posted work run, backend requests completed,
+   held buffers given back), and ``STOP -> STOP_COPY`` quiesces again before ``state()``,
+   so the saved state has nothing half done. A device that cannot quiesce fails the arc.
+   Otherwise the machine only sequences state capture; it never blocks device accesses
+   (a sans-IO device changes only when accessed, so a VMM that stops accessing it has
+   stopped it).
+5. A version-1 document of the earlier format (``LEGACY_FORMAT``, states without
+   ``args``) still loads: it is a state of the layouts before ``args``, which is taken to
+   be the destination device's own (as those layouts were checked) and so upgraded.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from devmodels import DevmodelsError, SnapshotError, from_dict, to_dict
+from devmodels import DevmodelsError, SnapshotError, from_dict, snapshot_file, to_dict
 from devmodels.pci import PciFunction
 
 from ..defs import (
@@ -40,10 +48,9 @@ from ..defs import (
 )
 from ..errors import VfioUserReject
 
-__all__ = ["FORMAT", "ARCS", "MigrationStateMachine", "encode_state", "decode_state"]
+__all__ = ["LEGACY_FORMAT", "ARCS", "MigrationStateMachine", "encode_state", "decode_state", "supports_snapshots"]
 
-FORMAT = "devmodels-vfio-user-migration"
-_VERSION = 1
+LEGACY_FORMAT = "devmodels-vfio-user-migration"  # rule 5: version 1, before snapshot files
 
 RUNNING, STOP, STOP_COPY, RESUMING, ERROR = (
     VFIO_DEVICE_STATE_RUNNING,
@@ -66,35 +73,67 @@ ARCS: dict[tuple[int, int], str] = {
 
 
 def supports_snapshots(function: PciFunction) -> bool:
-    """Whether ``function`` follows the snapshot contract."""
-    return callable(getattr(function, "state", None)) and callable(getattr(function, "restore", None))
+    """Whether ``function`` follows the snapshot contract with a kind a document can name."""
+    return (bool(getattr(function, "snapshot_kind", "")) and callable(getattr(function, "state", None))
+            and callable(getattr(function, "restore", None)))
 
 
 def encode_state(function: PciFunction) -> bytes:
-    """The migration document of ``function``'s current state."""
-    document = {"format": FORMAT, "version": _VERSION, "device": type(function).__name__,
-                "state": to_dict(function.state())}  # type: ignore[attr-defined]
-    return json.dumps(document, separators=(",", ":")).encode()
+    """The snapshot document of ``function``, quiesced first (rule 4)."""
+    return snapshot_file.save(function)  # type: ignore[arg-type]
 
 
 def decode_state(function: PciFunction, data: bytes) -> Any:
-    """Decode a migration document into a state object for ``function`` (not applied).
+    """Decode a snapshot document into a state object for ``function`` (not applied).
 
     Raises:
-        SnapshotError: the document is malformed or for another device class.
+        SnapshotError: the document is malformed or of another device kind.
     """
+    kind: str = function.snapshot_kind  # type: ignore[attr-defined]
+    state_type = function.state_type  # type: ignore[attr-defined]
+    legacy = _legacy_document(data)
+    if legacy is None:
+        return snapshot_file.decode(data, kind, state_type)
+    if legacy.get("version") != 1:
+        raise SnapshotError("migration.version", f"version {legacy.get('version')!r} is not 1")
+    if legacy.get("device") != type(function).__name__:
+        raise SnapshotError("migration.device", f"state of {legacy.get('device')!r}, not {type(function).__name__}")
+    return from_dict(state_type, _adopt_args(legacy.get("state"), _args_template(function)), "state")
+
+
+def _legacy_document(data: bytes) -> dict[str, Any] | None:
+    """The document if it is one of ``LEGACY_FORMAT`` (rule 5), else None."""
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise SnapshotError("migration", f"not a JSON document: {type(exc).__name__}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise SnapshotError("migration.format", "not a devmodels vfio-user migration document")
-    if document.get("version") != _VERSION:
-        raise SnapshotError("migration.version", f"version {document.get('version')!r} is not {_VERSION}")
-    if document.get("device") != type(function).__name__:
-        raise SnapshotError("migration.device", f"state of {document.get('device')!r}, not {type(function).__name__}")
-    kind = type(function.state())  # type: ignore[attr-defined]
-    return from_dict(kind, document.get("state"), "state")
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None  # snapshot_file says what is wrong with it
+    if isinstance(document, dict) and document.get("format") == LEGACY_FORMAT:
+        return document
+    return None
+
+
+def _args_template(function: PciFunction) -> dict[str, Any]:
+    """Where the destination's args go in a state of ``function`` (a virtio transport has
+    its device's in the device section)."""
+    template: dict[str, Any] = {"args": to_dict(function.constructor_args())}  # type: ignore[attr-defined]
+    device = getattr(function, "device", None)
+    if device is not None and callable(getattr(device, "constructor_args", None)):
+        template["device"] = {"device": {"args": to_dict(device.constructor_args())}}
+    return template
+
+
+def _adopt_args(state: Any, template: dict[str, Any]) -> Any:
+    """A version-1 state (layouts before ``args``) upgraded to version 2 with the
+    destination's args (rule 5); anything else is left for ``from_dict`` to refuse."""
+    if not isinstance(state, dict):
+        return state
+    out = dict(state)
+    if "args" in template and "args" not in out and out.get("version") == 1:
+        out["args"], out["version"] = template["args"], 2
+    for key, inner in template.items():
+        if key != "args" and key in out:
+            out[key] = _adopt_args(out[key], inner)
+    return out
 
 
 class MigrationStateMachine:
@@ -162,7 +201,16 @@ class MigrationStateMachine:
     # -- arcs -----------------------------------------------------------------------------
 
     def _stop(self) -> None:
-        pass  # rule 4
+        self._quiesce()
+
+    def _quiesce(self) -> None:
+        """Rule 4: finish what the device has in flight (a device that cannot fails the arc)."""
+        if not self.supported:
+            return
+        try:
+            self.function.quiesce()
+        except DevmodelsError as exc:
+            raise VfioUserReject(errno.EIO, f"the device cannot quiesce: {exc}") from None
 
     def _run(self) -> None:
         pass
@@ -170,7 +218,11 @@ class MigrationStateMachine:
     def _begin_save(self) -> None:
         if not self.supported:
             raise VfioUserReject(errno.ENOTSUP, "the device has no snapshot support")
-        self._outgoing, self._sent = encode_state(self.function), 0
+        self._quiesce()
+        try:
+            self._outgoing, self._sent = encode_state(self.function), 0
+        except DevmodelsError as exc:
+            raise VfioUserReject(errno.EIO, f"the device state cannot be saved: {exc}") from None
 
     def _end_save(self) -> None:
         self._outgoing, self._sent = b"", 0

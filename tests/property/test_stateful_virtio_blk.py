@@ -34,7 +34,7 @@ from virtio.blk.defs import (
 )
 from virtio.blk.testing import BlkDriver
 from virtio.defs import DEVICE_NEEDS_RESET, DRIVER_OK, VIRTIO_F_RING_PACKED
-from virtio.device import RecordingTransport, VirtioDeviceState
+from virtio.device import RecordingTransport
 from virtio.queue import Virtqueue
 from virtio.queue.ring import IMPLEMENTATIONS
 
@@ -183,9 +183,9 @@ class VirtioBlkModel(RuleBasedStateMachine):
 
     @rule()
     def snapshot(self) -> None:
-        self.device.drain()  # the quiesce point (VirtioBlkDevice.state)
+        self.device.quiesce()  # the snapshot contract: quiesce(), then state()
         before = self.device.state()
-        rebuilt = from_dict(VirtioDeviceState, to_dict(before))
+        rebuilt = from_dict(self.device.state_type, to_dict(before))
         self.device.restore(rebuilt)
         assert self.device.state() == before
 

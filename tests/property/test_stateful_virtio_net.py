@@ -22,7 +22,6 @@ from devmodels import GuestMemory, MemoryRegion, from_dict, to_dict
 from devmodels.backends import LoopbackBackend
 from devmodels.backends.net import ethernet_frame, parse_mac
 from virtio.defs import DEVICE_NEEDS_RESET, DRIVER_OK, VIRTIO_F_RING_PACKED
-from virtio.device import VirtioDeviceState
 from virtio.net import VirtioNetDevice
 from virtio.net.defs import VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_OK
 from virtio.net.testing import NetDriver
@@ -124,9 +123,9 @@ class VirtioNetModel(RuleBasedStateMachine):
     @rule()
     def snapshot(self) -> None:
         self._deliver()
-        self.device.flush_rx()  # the quiesce point (VirtioNetDevice.state)
+        self.device.quiesce()  # the snapshot contract: quiesce(), then state()
         before = self.device.state()
-        self.device.restore(from_dict(VirtioDeviceState, to_dict(before)))
+        self.device.restore(from_dict(self.device.state_type, to_dict(before)))
         assert self.device.state() == before
 
     # -- invariants ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Rules:
 1. Sans-IO (STYLE 5): the device parses chains (``request.parse_request``), hands
    ``BlockRequest`` objects to the backend's ``submit`` and completes them when the VMM
    calls ``process_completions`` (after the backend's notify hook fired). It never waits,
-   except in ``drain``, which a reset and a snapshot need.
+   except in ``drain``, which a reset and ``quiesce()`` (before a snapshot) need.
 2. A malformed request is completed at once with IOERR/UNSUPP; the backend never sees it
    (``request`` rule 1). A backend failure is IOERR. The status byte is the last thing
    written before the used entry, and nothing is written into a queue whose epoch changed
@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from devmodels import GuestMemory, GuestMemoryError, UsageError
-from devmodels._state import check_int, check_type, check_version
+from devmodels import GuestMemory, GuestMemoryError, SnapshotError, UsageError
+from devmodels.snapshot import check_args, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.backends import BlockBackend, BlockOp, BlockRequest, BlockStatus
 
@@ -36,7 +36,7 @@ from ..defs import (
     VIRTIO_F_RING_RESET,
     VIRTIO_ID_BLOCK,
 )
-from ..device import QueueFactory, VirtioDevice
+from ..device import QueueFactory, VirtioDevice, VirtioDeviceState
 from .defs import (
     VIRTIO_BLK_CONFIG_WRITEBACK,
     VIRTIO_BLK_F_BLK_SIZE,
@@ -57,7 +57,7 @@ from .defs import (
 )
 from .layouts import virtio_blk_config
 from .request import BlkLimits, BlkRequest, parse_request
-from .state import VirtioBlkState
+from .state import VirtioBlkArgs, VirtioBlkState
 
 __all__ = ["VirtioBlkDevice", "BlkStats", "DEFAULT_SEG_SIZE_MAX", "DEFAULT_DWZ_SECTORS", "DEFAULT_DWZ_SEG"]
 
@@ -72,7 +72,7 @@ _tp_reject = tracepoint("virtio.blk.reject")
 _tp_ioerr = tracepoint("virtio.blk.backend_error")
 _tp_config = tracepoint("virtio.blk.config_ignored")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: args
 
 
 @dataclass
@@ -135,6 +135,7 @@ class VirtioBlkDevice(VirtioDevice):
     device_id = VIRTIO_ID_BLOCK
     config_layout = virtio_blk_config
     device_state_type = VirtioBlkState
+    snapshot_kind = "virtio-blk"
 
     def __init__(
         self,
@@ -168,6 +169,8 @@ class VirtioBlkDevice(VirtioDevice):
         for label, value in (("size_max", size_max), ("dwz_sectors", dwz_sectors), ("dwz_segments", dwz_segments)):
             if not isinstance(value, int) or not 1 <= value <= 0xFFFF_FFFF:
                 raise UsageError(f"{label} must be 1..2**32-1, got {value!r}")
+        self._args = VirtioBlkArgs(num_queues, queue_size, serial_bytes, bool(packed), bool(writeback), size_max, seg_max,
+                                   dwz_sectors, dwz_segments)
         self.backend = backend
         self.serial = serial_bytes
         self.stats = BlkStats()
@@ -455,8 +458,12 @@ class VirtioBlkDevice(VirtioDevice):
         finished = self.process_completions()
         return super().run_posted() or bool(finished)
 
-    def quiesce(self) -> None:
-        """Complete every request in flight (``drain``) so that ``state()`` can be taken."""
+    def unfinished_work(self) -> str | None:
+        """Requests submitted to the backend and not yet completed (``VirtioDevice`` rule 11)."""
+        return f"{len(self._inflight)} requests in flight" if self._inflight else None
+
+    def finish_in_flight(self) -> None:
+        """``drain``: what ``quiesce()`` waits for."""
         self.drain()
 
     def drain(self) -> None:
@@ -472,21 +479,55 @@ class VirtioBlkDevice(VirtioDevice):
 
     # -- snapshot ----------------------------------------------------------------------------
 
-    def device_state(self) -> VirtioBlkState:
-        """The block section of the snapshot (``writeback``).
+    def constructor_args(self) -> VirtioBlkArgs:
+        """The constructor arguments a snapshot carries (``devmodels._state`` rule 3)."""
+        return self._args
+
+    @classmethod
+    def from_args(cls, args: VirtioBlkArgs, memory: GuestMemory, backend: BlockBackend, *, budget: int | None = None,
+                  queue_factory: QueueFactory | None = None, name: str = "virtio-blk") -> VirtioBlkDevice:
+        """A device built from a snapshot's ``args`` and the restorer's backend and tuning.
 
         Raises:
-            UsageError: requests are in flight; ``drain()`` first.
+            SnapshotError: ``args`` are not ``VirtioBlkArgs`` or the constructor refuses them.
         """
-        if self._inflight:
-            raise UsageError(f"{self.name}: {len(self._inflight)} requests in flight; drain() before state()")
-        return VirtioBlkState(version=_STATE_VERSION, writeback=self.config[VIRTIO_BLK_CONFIG_WRITEBACK],
-                              capacity=self._capacity)
+        check_type("device.args", args, VirtioBlkArgs)
+        try:
+            return cls(memory, backend, num_queues=args.num_queues, queue_size=args.queue_size, serial=args.serial,
+                       packed=args.packed, writeback=args.writeback, size_max=args.size_max, seg_max=args.seg_max,
+                       dwz_sectors=args.dwz_sectors, dwz_segments=args.dwz_segments, budget=budget,
+                       queue_factory=queue_factory, name=name)
+        except SnapshotError:
+            raise
+        except UsageError as exc:
+            raise SnapshotError("device.args", str(exc)) from None
+
+    @classmethod
+    def from_state(cls, state: VirtioDeviceState[VirtioBlkState], memory: GuestMemory, backend: BlockBackend,
+                   **tuning: Any) -> VirtioBlkDevice:
+        """A device built from ``state``'s args around ``backend``, with ``state`` restored
+        (``devmodels._state`` rule 5); ``tuning`` as for ``from_args``.
+
+        Raises:
+            SnapshotError: the state is refused (a backend of another size included).
+        """
+        check_type("device", getattr(state, "device", None), VirtioBlkState)
+        assert state.device is not None
+        device = cls.from_args(state.device.args, memory, backend, **tuning)
+        device.restore(state)
+        return device
+
+    def device_state(self) -> VirtioBlkState:
+        """The block section of the snapshot (``writeback``); ``state()`` has checked that
+        nothing is in flight."""
+        return VirtioBlkState(version=_STATE_VERSION, args=self._args,
+                              writeback=self.config[VIRTIO_BLK_CONFIG_WRITEBACK], capacity=self._capacity)
 
     def check_device_state(self, state: Any) -> None:
-        """Validate the block section."""
+        """Validate the block section (args first)."""
         check_type("device", state, VirtioBlkState)
         check_version("device.version", state.version, _STATE_VERSION)
+        check_args("device.args", state.args, self._args)
         check_int("device.writeback", state.writeback, 0, 1)
         check_int("device.capacity", state.capacity, self._capacity, self._capacity)
 

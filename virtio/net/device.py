@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devmodels import GuestMemory, GuestMemoryError, SnapshotError, UsageError
-from devmodels._state import check_bool, check_bytes, check_int, check_type, check_version
+from devmodels.snapshot import check_args, check_bool, check_bytes, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.backends import NetBackend, NetOffloads
 from devmodels.backends.net import finish_checksum
@@ -51,7 +51,7 @@ from ..defs import (
     VIRTIO_F_RING_RESET,
     VIRTIO_ID_NET,
 )
-from ..device import QueueFactory, VirtioDevice
+from ..device import QueueFactory, VirtioDevice, VirtioDeviceState
 from . import ctrl as _ctrl
 from .defs import (
     ETH_ALEN,
@@ -90,7 +90,7 @@ from .defs import (
 )
 from .layouts import VIRTIO_NET_HDR, virtio_net_config
 from .rx import RxFilter, flow_key, scatter
-from .state import VirtioNetState
+from .state import VirtioNetArgs, VirtioNetState
 from .tx import prepare_frame, read_packet
 
 __all__ = ["VirtioNetDevice", "NetStats"]
@@ -98,7 +98,7 @@ __all__ = ["VirtioNetDevice", "NetStats"]
 _tp_tx_drop = tracepoint("virtio.net.tx_drop")
 _tp_rx_drop = tracepoint("virtio.net.rx_drop")
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: args
 _FLOWS_MAX = 1024
 _ZERO_HDR = bytes(VIRTIO_NET_HDR_SIZE)
 _GUEST_GSO = {
@@ -169,6 +169,7 @@ class VirtioNetDevice(VirtioDevice):
     device_id = VIRTIO_ID_NET
     config_layout = virtio_net_config
     device_state_type = VirtioNetState
+    snapshot_kind = "virtio-net"
     vhost_user_config = False
     """Over vhost-user, QEMU's virtio-net keeps the configuration space itself."""
 
@@ -199,6 +200,8 @@ class VirtioNetDevice(VirtioDevice):
             raise UsageError(f"mtu must be 68..65535, got {mtu!r}")
         if not isinstance(rx_hold, int) or rx_hold < 1:
             raise UsageError(f"rx_hold must be a positive integer, got {rx_hold!r}")
+        self._args = VirtioNetArgs(mac, queue_pairs, queue_size, mtu, bool(ctrl_vq), bool(mrg_rxbuf), bool(packed),
+                                   bool(link_up))
         self.backend = backend
         self._waker: Callable[[], None] | None = None  # bound while a loop serves us
         self.stats = NetStats()
@@ -458,8 +461,13 @@ class VirtioNetDevice(VirtioDevice):
             worked = bool(self.poll_rx()) or worked
         return worked
 
-    def quiesce(self) -> None:
-        """Return unfilled receive chains and drop held frames (``flush_rx``)."""
+    def unfinished_work(self) -> str | None:
+        """Receive chains taken from the ring and not yet used (``VirtioDevice`` rule 11)."""
+        held = sum(len(spare) for spare in self._spare)
+        return f"{held} receive chains held" if held else None
+
+    def finish_in_flight(self) -> None:
+        """``flush_rx``: what ``quiesce()`` has the device give back."""
         self.flush_rx()
 
     def poll_rx(self, limit: int = 64) -> int:
@@ -655,8 +663,8 @@ class VirtioNetDevice(VirtioDevice):
         return bool(chains)
 
     def flush_rx(self) -> None:
-        """Return receive chains popped but not filled (with length 0) and drop held frames,
-        so that ``state()`` can be taken."""
+        """Return receive chains popped but not filled (with length 0) and drop held frames
+        (part of ``quiesce()``)."""
         for pair in range(self.max_pairs):
             spare = self._spare[pair]
             if spare:
@@ -668,26 +676,61 @@ class VirtioNetDevice(VirtioDevice):
 
     # -- snapshot --------------------------------------------------------------------------------
 
-    def device_state(self) -> VirtioNetState:
-        """The network section of the snapshot.
+    def constructor_args(self) -> VirtioNetArgs:
+        """The constructor arguments a snapshot carries (``devmodels._state`` rule 3)."""
+        return self._args
+
+    @classmethod
+    def from_args(cls, args: VirtioNetArgs, memory: GuestMemory, backend: NetBackend, *, rx_hold: int = 128,
+                  budget: int | None = None, queue_factory: QueueFactory | None = None,
+                  name: str = "virtio-net") -> VirtioNetDevice:
+        """A device built from a snapshot's ``args`` and the restorer's backend and tuning.
 
         Raises:
-            UsageError: receive chains are held half-used; ``flush_rx()`` first.
+            SnapshotError: ``args`` are not ``VirtioNetArgs`` or the constructor refuses them.
         """
-        if any(self._spare):
-            raise UsageError(f"{self.name}: receive chains are held; flush_rx() before state()")
+        check_type("device.args", args, VirtioNetArgs)
+        try:
+            return cls(memory, backend, mac=args.mac, queue_pairs=args.queue_pairs, queue_size=args.queue_size,
+                       mtu=args.mtu, ctrl_vq=args.ctrl_vq, mrg_rxbuf=args.mrg_rxbuf, packed=args.packed,
+                       rx_hold=rx_hold, link_up=args.link_up, budget=budget, queue_factory=queue_factory, name=name)
+        except SnapshotError:
+            raise
+        except UsageError as exc:
+            raise SnapshotError("device.args", str(exc)) from None
+
+    @classmethod
+    def from_state(cls, state: VirtioDeviceState[VirtioNetState], memory: GuestMemory, backend: NetBackend,
+                   **tuning: Any) -> VirtioNetDevice:
+        """A device built from ``state``'s args around ``backend``, with ``state`` restored
+        (``devmodels._state`` rule 5); ``tuning`` as for ``from_args``.
+
+        Raises:
+            SnapshotError: the state is refused (a backend with other offloads included:
+                the offered features differ).
+        """
+        check_type("device", getattr(state, "device", None), VirtioNetState)
+        assert state.device is not None
+        device = cls.from_args(state.device.args, memory, backend, **tuning)
+        device.restore(state)
+        return device
+
+    def device_state(self) -> VirtioNetState:
+        """The network section of the snapshot; ``state()`` has checked that no receive
+        chain is held."""
         f = self.rx_filter
         return VirtioNetState(
-            version=_STATE_VERSION, mac=f.mac, promisc=f.promisc, allmulti=f.allmulti, alluni=f.alluni,
-            nomulti=f.nomulti, nouni=f.nouni, nobcast=f.nobcast, uni=tuple(f.uni), multi=tuple(f.multi),
-            uni_overflow=f.uni_overflow, multi_overflow=f.multi_overflow, vlans=bytes(f.vlans),
-            active_pairs=self._active, link_up=self.link_up,
+            version=_STATE_VERSION, args=self._args, mac=f.mac, promisc=f.promisc, allmulti=f.allmulti,
+            alluni=f.alluni, nomulti=f.nomulti, nouni=f.nouni, nobcast=f.nobcast, uni=tuple(f.uni),
+            multi=tuple(f.multi), uni_overflow=f.uni_overflow, multi_overflow=f.multi_overflow,
+            vlans=bytes(f.vlans), active_pairs=self._active, link_up=self.link_up,
         )
 
     def check_device_state(self, state: Any) -> None:
-        """Validate the network section."""
+        """Validate the network section (args first)."""
         check_type("device", state, VirtioNetState)
         check_version("device.version", state.version, _STATE_VERSION)
+        check_args("device.args", state.args, self._args)
         mac = check_bytes("device.mac", state.mac, ETH_ALEN)
         if mac[0] & 1:
             raise SnapshotError("device.mac", "a multicast address")

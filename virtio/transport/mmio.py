@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from devmodels import LevelSink, SnapshotError, Trigger, UsageError
 from devmodels._irq import NullLevelSink
 from devmodels._regs import Access, Reg, RegisterFile
-from devmodels._state import check_int, check_type, check_version
+from devmodels.snapshot import check_args, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 
 from ._serving import ServedThroughDevice
@@ -71,7 +72,7 @@ from ..defs import (
 )
 from ..device import QueueArea, VirtioDevice, VirtioDeviceState
 
-__all__ = ["VirtioMmioDevice", "VirtioMmioState", "MMIO_WINDOW_MIN"]
+__all__ = ["VirtioMmioDevice", "VirtioMmioArgs", "VirtioMmioState", "MMIO_WINDOW_MIN"]
 
 MMIO_WINDOW_MIN = 0x200
 """The smallest register window (what device trees and ``virtio_mmio.device=`` use)."""
@@ -81,17 +82,28 @@ _tp_unhandled = tracepoint("virtio_mmio.unhandled")
 _U32 = 0xFFFF_FFFF
 
 
+D = TypeVar("D")
+
+
 @dataclass(frozen=True)
-class VirtioMmioState:
-    """Snapshot of a virtio-mmio device."""
+class VirtioMmioArgs:
+    """The transport's constructor arguments (the interrupt is a host resource)."""
+
+    vendor_id: int
+
+
+@dataclass(frozen=True)
+class VirtioMmioState(Generic[D]):
+    """Snapshot of a virtio-mmio device; ``D`` is the device's section type."""
 
     version: int
-    device: VirtioDeviceState
+    args: VirtioMmioArgs
+    device: VirtioDeviceState[D]
     interrupt_status: int
     shm_sel: int
 
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: args
 
 
 class VirtioMmioDevice(ServedThroughDevice):
@@ -281,16 +293,30 @@ class VirtioMmioDevice(ServedThroughDevice):
         """Power-on state (the device's reset also clears this transport)."""
         self.device.reset()
 
-    def state(self) -> VirtioMmioState:
-        """Snapshot (STYLE 8)."""
+    @property
+    def state_type(self) -> Any:
+        """``VirtioMmioState[D]`` for the device's section type ``D``."""
+        return VirtioMmioState[self.device.device_state_type or type(None)]  # type: ignore[misc]
+
+    def constructor_args(self) -> VirtioMmioArgs:
+        """The transport's constructor arguments (``devmodels._state`` rule 3)."""
+        return VirtioMmioArgs(self.vendor_id)
+
+    def state(self) -> VirtioMmioState[Any]:
+        """Snapshot (STYLE 8) at the quiesce point (``VirtioDevice`` rule 11).
+
+        Raises:
+            UsageError: the device has work in flight; ``quiesce()`` first.
+        """
         return VirtioMmioState(
             version=_STATE_VERSION,
+            args=self.constructor_args(),
             device=self.device.state(),
             interrupt_status=self.interrupt_status,
             shm_sel=self.shm_sel,
         )
 
-    def restore(self, state: VirtioMmioState) -> None:
+    def restore(self, state: VirtioMmioState[Any]) -> None:
         """Validate ``state`` completely, then apply it.
 
         Raises:
@@ -298,6 +324,7 @@ class VirtioMmioDevice(ServedThroughDevice):
         """
         check_type("state", state, VirtioMmioState)
         check_version("version", state.version, _STATE_VERSION)
+        check_args("args", state.args, self.constructor_args())
         status = check_int("interrupt_status", state.interrupt_status, 0, _U32)
         if status & ~(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG):
             raise SnapshotError("interrupt_status", f"undefined bits in {status:#x}")

@@ -26,16 +26,21 @@ Rules:
    which is how a mapping failure is reported (§4.1.5.1.2.1). Reset unmaps everything.
 5. Built with ``msix_vectors=0`` the function has no MSI-X capability and interrupts by
    INTx only (for attachment paths that cannot deliver MSI).
+6. Snapshots (``devmodels._state``): ``VirtioPciState[D]`` carries the transport's
+   constructor arguments (``VirtioPciArgs``) and the device's typed state; its kind is
+   the device's with ``-pci`` (``virtio-blk-pci``). ``from_state`` builds the function
+   around a device the restorer built from the state's device args.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from devmodels import SnapshotError, UsageError
 from devmodels._regs import Access, Reg, RegisterFile
-from devmodels._state import check_int, check_type, check_version
+from devmodels.snapshot import check_args, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.pci import BarKind, PciFunction, PciFunctionState
 from devmodels.pci.defs import PCI_CAP_ID_VNDR
@@ -86,19 +91,35 @@ _tp_unhandled = tracepoint("virtio_pci.unhandled")
 _tp_vector = tracepoint("virtio_pci.vector_refused")
 
 
+D = TypeVar("D")
+
+
 @dataclass(frozen=True)
-class VirtioPciState:
-    """Snapshot of a virtio PCI function: PCI state, device state and the transport's own."""
+class VirtioPciArgs:
+    """The transport's constructor arguments (the device's are in its own section)."""
+
+    msix_vectors: int
+    bar: int
+    class_code: int
+    subsystem_vendor_id: int
+    subsystem_id: int
+
+
+@dataclass(frozen=True)
+class VirtioPciState(Generic[D]):
+    """Snapshot of a virtio PCI function: PCI state, device state and the transport's own
+    (rule 6); ``D`` is the device's section type."""
 
     version: int
+    args: VirtioPciArgs
     pci: PciFunctionState
-    device: VirtioDeviceState
+    device: VirtioDeviceState[D]
     config_vector: int
     queue_vectors: tuple[int, ...]
     isr: int
 
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: args
 
 
 class _Region:
@@ -184,10 +205,13 @@ class VirtioPciFunction(ServedThroughDevice, PciFunction):
             raise UsageError(f"msix_vectors must be 0..{VIRTIO_PCI_MSIX_MAX_VECTORS}, got {msix_vectors!r}")
         if not 0 <= bar <= 4:
             raise UsageError(f"the 64-bit BAR must start at 0..4, got {bar}")
+        if class_code is None:
+            class_code = PCI_CLASS_OF.get(device.device_id, 0x00FF00)
+        self._args = VirtioPciArgs(msix_vectors, bar, class_code, subsystem_vendor_id, subsystem_id)
         super().__init__(
             VIRTIO_PCI_VENDOR_ID,
             VIRTIO_PCI_MODERN_DEVICE_ID_BASE + device.device_id,
-            PCI_CLASS_OF.get(device.device_id, 0x00FF00) if class_code is None else class_code,
+            class_code,
             revision=VIRTIO_PCI_MODERN_REVISION,
             subsystem_vendor_id=subsystem_vendor_id,
             subsystem_id=subsystem_id,
@@ -449,25 +473,71 @@ class VirtioPciFunction(ServedThroughDevice, PciFunction):
         self.reset_function()
         self.device.reset()
 
-    def state(self) -> VirtioPciState:
-        """Snapshot (STYLE 8)."""
+    # -- snapshot (rule 6) ----------------------------------------------------------------
+
+    @property
+    def snapshot_kind(self) -> str:
+        """The device's kind with ``-pci`` (``""`` when the device has none)."""
+        kind = self.device.snapshot_kind
+        return f"{kind}-pci" if kind else ""
+
+    @property
+    def state_type(self) -> Any:
+        """``VirtioPciState[D]`` for the device's section type ``D``."""
+        return VirtioPciState[self.device.device_state_type or type(None)]  # type: ignore[misc]
+
+    def constructor_args(self) -> VirtioPciArgs:
+        """The transport's constructor arguments (``devmodels._state`` rule 3)."""
+        return self._args
+
+    @classmethod
+    def from_state(cls, state: VirtioPciState[Any], device: VirtioDevice, *, name: str = "") -> VirtioPciFunction:
+        """A function built from ``state.args`` around ``device`` (which the restorer built
+        from the state's device args, e.g. ``VirtioBlkDevice.from_args``), with ``state``
+        restored into both (``devmodels._state`` rule 5).
+
+        Raises:
+            SnapshotError: the state is refused.
+        """
+        check_type("args", getattr(state, "args", None), VirtioPciArgs)
+        a = state.args
+        try:
+            function = cls(device, msix_vectors=a.msix_vectors, bar=a.bar, class_code=a.class_code,
+                           subsystem_vendor_id=a.subsystem_vendor_id, subsystem_id=a.subsystem_id, name=name)
+        except UsageError as exc:
+            raise SnapshotError("args", str(exc)) from None
+        function.restore(state)
+        return function
+
+    def state(self) -> VirtioPciState[Any]:
+        """Snapshot (STYLE 8) at the quiesce point (``VirtioDevice`` rule 11).
+
+        Raises:
+            UsageError: the device has work in flight; ``quiesce()`` first.
+        """
+        device = self.device.state()
         return VirtioPciState(
             version=_STATE_VERSION,
+            args=self._args,
             pci=self.pci_state(),
-            device=self.device.state(),
+            device=device,
             config_vector=self.config_vector,
             queue_vectors=tuple(self.queue_vectors),
             isr=self.isr,
         )
 
-    def restore(self, state: VirtioPciState) -> None:
+    def restore(self, state: VirtioPciState[Any]) -> None:
         """Validate ``state`` completely, then apply it.
 
         Raises:
-            SnapshotError: any field is inconsistent; nothing was applied.
+            SnapshotError: any field is inconsistent (args first); nothing was applied.
         """
         check_type("state", state, VirtioPciState)
         check_version("version", state.version, _STATE_VERSION)
+        check_args("args", state.args, self._args)
+        check_type("device", state.device, VirtioDeviceState)
+        # The device's own args come before anything derived from them (config bytes).
+        self.device.check_device_state(state.device.device)
         self.check_pci_state(state.pci)
         check_type("queue_vectors", state.queue_vectors, tuple)
         if len(state.queue_vectors) != len(self.queue_vectors):

@@ -8,6 +8,8 @@ no workarounds, so a reproducer that fires again fails that test.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 
@@ -257,10 +259,11 @@ def test_regression_broken_reason_survives_restore(ring: object) -> None:
 
 @pytest.mark.parametrize("kind", ["blk", "net"])
 def test_regression_virtio_device_section_through_plain_data(kind: str) -> None:
-    """``from_dict(VirtioDeviceState, ...)`` leaves the device's own section a dict (its
-    type depends on the device); ``restore`` refused it
-    (fuzz/regressions/virtio_blk/snapshot-section-dict). It now rebuilds the section as
-    the device's ``device_state_type`` and still rejects one of the wrong shape."""
+    """``from_dict(VirtioDeviceState, ...)`` left the device's own section a dict, which
+    ``restore`` refused (fuzz/regressions/virtio_blk/snapshot-section-dict). The section is
+    typed now (issue 15): it decodes with the device's ``state_type``
+    (``VirtioDeviceState[VirtioBlkState]``), an unparameterized decode is refused instead
+    of yielding a dict, and a section of the wrong shape is still rejected."""
     machine = Machine(ram_size=1 << 20, ram_backing="bytearray")
     ends = LoopbackBackend.pair()
 
@@ -276,15 +279,21 @@ def test_regression_virtio_device_section_through_plain_data(kind: str) -> None:
     if kind == "blk":
         device.write_config(32, 1, 0)  # writeback off: the section is not the default
     before = device.state()
-    plain = from_dict(VirtioDeviceState, to_dict(before))
-    assert isinstance(plain.device, dict)
+    with pytest.raises(SnapshotError, match="not bound") as info:
+        from_dict(VirtioDeviceState, to_dict(before))
+    assert info.value.field == "state.device"
+    typed = from_dict(device.state_type, to_dict(before))
+    assert isinstance(typed.device, type(before.device))
     other = build()
-    other.restore(plain)
+    other.restore(typed)
     assert other.state() == before
-    broken = dict(plain.device, version=99)
+    broken = dataclasses.replace(typed.device, version=99)
     with pytest.raises(SnapshotError) as info:
-        build().restore(VirtioDeviceState(**{**plain.__dict__, "device": broken}))
+        build().restore(dataclasses.replace(typed, device=broken))
     assert info.value.field.startswith("device")
+    with pytest.raises(SnapshotError) as info:
+        build().restore(dataclasses.replace(typed, device=to_dict(typed.device)))
+    assert info.value.field == "device"
     for end in ends:
         end.close()
     machine.close()

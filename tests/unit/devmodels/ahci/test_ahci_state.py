@@ -33,10 +33,12 @@ def twin(rig: Rig) -> AhciController:
 
 def test_state_requires_a_quiesced_controller() -> None:
     rig, disk = busy_rig()
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"backend requests in flight; call quiesce\(\) first"):
         rig.hba.state()
+    with pytest.raises(UsageError, match=r"quiesce\(\)"):
+        rig.hba.restore(twin(rig).state())
     disk.release()
-    rig.hba.poll()
+    rig.hba.quiesce()
     rig.hba.state()
 
 
@@ -89,7 +91,7 @@ def with_register(regs: tuple, offset: int, value: int) -> tuple:
 @pytest.mark.parametrize(
     ("path", "make"),
     [
-        ("version", lambda s: 2),
+        ("version", lambda s: 99),
         ("ports", lambda s: s.ports[:1]),
         ("registers", lambda s: with_register(s.registers, r.CAP, 0)),
         ("registers", lambda s: with_register(s.registers, r.GHC, r.GHC_HR | r.GHC_AE)),
@@ -129,3 +131,41 @@ def test_restore_rejects_the_wrong_type() -> None:
     rig = Rig()
     with pytest.raises(SnapshotError):
         rig.hba.restore("nope")  # type: ignore[arg-type]
+
+
+def test_restore_into_a_controller_equipped_differently_names_the_port() -> None:
+    rig = Rig()
+    state = rig.hba.state()
+    swapped = AhciController(rig.memory, ports=2)
+    swapped.attach(0, AtaDisk(rig.disk))
+    swapped.attach(1, AtaDisk(rig.cd))  # a disk where the snapshot had a CD drive
+    with pytest.raises(SnapshotError) as info:
+        swapped.restore(state)
+    assert info.value.field == "args.drives[1]"
+    other_serial = AhciController(rig.memory, ports=2)
+    other_serial.attach(0, AtaDisk(rig.disk, serial="OTHER"))
+    other_serial.attach(1, AtapiCdrom(rig.cd))
+    with pytest.raises(SnapshotError, match="serial='DM0000000001'") as info:
+        other_serial.restore(state)
+    assert info.value.field == "args.drives[0]"
+    with pytest.raises(SnapshotError) as info:
+        AhciController(rig.memory, ports=2, msi=True).restore(state)
+    assert info.value.field == "args.msi"
+
+
+def test_from_state_builds_the_controller_and_its_drives() -> None:
+    rig = Rig()
+    rig.driver.set_features(0, d.SETFEATURES_WC_OFF)
+    rig.hba.quiesce()
+    state = from_dict(AhciState, to_dict(rig.hba.state()))
+    rebuilt = AhciController.from_state(state, rig.memory, [rig.disk, rig.cd], name="sata1")
+    assert rebuilt.state() == state and rebuilt.name == "sata1"
+    assert isinstance(rebuilt.ports[1].drive, AtapiCdrom) and rebuilt.ports[1].drive.backend is rig.cd
+    assert not rebuilt.ports[0].drive.write_cache  # type: ignore[union-attr]
+    with pytest.raises(SnapshotError) as info:
+        AhciController.from_state(state, rig.memory, [None, rig.cd])
+    assert info.value.field == "args.drives[0]" and "backend" in info.value.reason
+    with pytest.raises(SnapshotError, match="has_medium"):
+        AhciController.from_state(state, rig.memory, [rig.disk])  # the CD tray would be empty
+    with pytest.raises(SnapshotError, match="3 media for 2 ports"):
+        AhciController.from_state(state, rig.memory, [rig.disk, rig.cd, rig.disk])

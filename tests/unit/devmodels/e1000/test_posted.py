@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devmodels import Machine
+from devmodels import Machine, UsageError
 from devmodels.backends.net import LoopbackBackend
 from devmodels.e1000 import E1000
 from devmodels.e1000 import regs as r
@@ -83,9 +83,13 @@ def test_rdt_write_pulls_waiting_frames_only_when_run(posted: PostedRig) -> None
     assert len(drv.clean_rx()) == 4
 
 
-def test_state_runs_pending_work_and_reset_drops_it(posted: PostedRig) -> None:
+def test_state_refuses_pending_work_quiesce_runs_it_and_reset_drops_it(posted: PostedRig) -> None:
     dev, drv = posted.device, posted.driver
     drv.xmit(_frame(4))
+    with pytest.raises(UsageError, match=r"quiesce\(\)"):
+        dev.state()  # the snapshot contract: state() never does the device's work
+    assert dev.posted and _frame(4) not in posted.sent()
+    dev.quiesce()
     dev.state()
     assert not dev.posted and posted.sent()[-1] == _frame(4)
     drv.xmit(_frame(5))

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from devmodels import SnapshotError, from_dict, to_dict
-from devmodels.e1000 import E1000State
+from devmodels import GuestMemory, MemoryRegion
+from devmodels.e1000 import E1000, E1000State
 from devmodels.e1000 import regs as r
 from devmodels.e1000.testing import E1000Driver
 
@@ -68,7 +69,7 @@ def test_restore_rewinds_ring_positions(up: Rig) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("version", 2),
+        ("version", 99),
         ("io_addr", 1 << 20),
         ("eeprom", (0,) * 63),
         ("eeprom_port", (9, 0, 0, 0, 0, 0, 0, 0)),
@@ -104,3 +105,45 @@ def test_pci_readonly_bits_checked(up: Rig) -> None:
     config[2] ^= 0xFF  # device ID
     with pytest.raises(SnapshotError):
         up.device.restore(dataclasses.replace(good, pci=dataclasses.replace(good.pci, config=bytes(config))))
+
+
+def _ram(size: int) -> GuestMemory:
+    return GuestMemory([MemoryRegion.from_bytearray(0, size)])
+
+
+def test_restore_into_a_device_built_differently_names_the_argument() -> None:
+    """Issue 15: an e1000 built with msi=on restored into one built without used to fail on
+    a derived field ('pci.config': read-only bits differ at offset 0xdd)."""
+    with_msi, without = E1000(_ram(1 << 20), msi=True), E1000(_ram(1 << 20))
+    state = with_msi.state()
+    before = without.state()
+    with pytest.raises(SnapshotError) as info:
+        without.restore(state)
+    assert info.value.field == "args.msi"
+    assert "msi=True" in info.value.reason and "from_state" in info.value.reason
+    assert without.state() == before
+    other_mac = E1000(_ram(1 << 20), mac=bytes.fromhex("525400aabbcc"))
+    with pytest.raises(SnapshotError) as info:
+        other_mac.restore(without.state())
+    assert info.value.field == "args.mac"
+
+
+def test_from_state_builds_the_device_the_snapshot_describes(up: Rig) -> None:
+    _busy(up)
+    up.device.quiesce()
+    state = from_dict(E1000State, to_dict(up.device.state()))
+    memory = _ram(16 << 20)
+    rebuilt = E1000.from_state(state, memory, name="nic1")
+    assert rebuilt.state() == state and rebuilt.name == "nic1" and rebuilt.backend is None
+    msi = E1000.from_state(E1000(memory, msi=True).state(), memory)
+    assert msi.msi is not None and msi.constructor_args().msi
+
+
+def test_from_state_refuses_bad_args() -> None:
+    state = E1000(_ram(1 << 20)).state()
+    bad = dataclasses.replace(state, args=dataclasses.replace(state.args, revision=7))
+    with pytest.raises(SnapshotError) as info:
+        E1000.from_state(bad, _ram(1 << 20))
+    assert info.value.field == "args" and "revision" in info.value.reason
+    with pytest.raises(SnapshotError, match="args"):
+        E1000.from_state(dataclasses.replace(state, args=None), _ram(1 << 20))  # type: ignore[arg-type]
