@@ -135,9 +135,9 @@ def _peer(stack: contextlib.ExitStack, tap: str, server: subprocess.Popen[bytes]
           lifetime: float = 7200.0) -> tuple[Any, Any]:
     """The namespace around the TAP's host side and the TCP peer in it (rule 3), on ``stack``
     (the sink ends first, then the namespace goes)."""
-    from ..conformance.cases.e1000_tap import TcpSink
+    from ..conformance.cases.e1000_tap import NetNamespace, TcpSink
 
-    namespace = stack.enter_context(_Namespace())
+    namespace = stack.enter_context(NetNamespace.unique("stress"))
     try:
         namespace.adopt(tap, f"{HOST_IP}/24", alive=lambda: server.poll() is None)
     except HostError as exc:
@@ -146,17 +146,6 @@ def _peer(stack: contextlib.ExitStack, tap: str, server: subprocess.Popen[bytes]
                    seed=PATTERN_SEED, lifetime=lifetime)
     stack.enter_context(sink)
     return namespace, sink
-
-
-@contextlib.contextmanager
-def _Namespace() -> Any:  # noqa: N802 - reads as the class it yields
-    from ..conformance.cases.e1000_tap import NetNamespace
-
-    namespace = NetNamespace.unique("stress")
-    try:
-        yield namespace
-    finally:
-        namespace.close()
 
 
 # -- vhost-user (QEMU 7.2's front-ends, our server program) --------------------------------------
