@@ -162,16 +162,18 @@ class AtaDisk:
         return lba + count <= self.sectors
 
     def _with_flush(
-        self, requests: list[BlockRequest], done: Callable[[BlockStatus], Finish], *, to_host: bool, nbytes: int,
+        self, requests: list[BlockRequest], done: Callable[[BlockStatus, int], Finish], *, to_host: bool, nbytes: int,
         flush: bool,
     ) -> Pending:
-        """Run ``requests``; if ``flush``, follow them with a FLUSH before finishing (rule 3)."""
+        """Run ``requests``; if ``flush``, follow them with a FLUSH before finishing (rule 3).
+        ``done`` gets the worst status and, when it failed, the bytes the failing request
+        moved before its error."""
 
         def after_io(results: list[BlockCompletion]) -> Outcome:
-            status = _worst(results)
+            status, transferred = _worst(results)
             if status is not BlockStatus.OK or not flush:
-                return done(status)
-            return Pending([BlockRequest(BlockOp.FLUSH, 0, 0)], lambda r: done(_worst(r)), to_host=to_host)
+                return done(status, transferred)
+            return Pending([BlockRequest(BlockOp.FLUSH, 0, 0)], lambda r: done(*_worst(r)), to_host=to_host)
 
         return Pending(requests, after_io, to_host=to_host, nbytes=nbytes)
 
@@ -190,12 +192,16 @@ class AtaDisk:
         op = BlockOp.WRITE if write else BlockOp.READ
         request = BlockRequest(op, lba * SECTOR_SIZE, nbytes, segments)
 
-        def done(status: BlockStatus) -> Finish:
+        def done(status: BlockStatus, transferred: int) -> Finish:
             if status is BlockStatus.OK:
                 return Finish(d.STATUS_OK, phase=phase, transferred=nbytes)
+            # The error outputs name the first sector that failed (ACS-3 READ/WRITE DMA EXT
+            # error outputs: "LBA of First Unrecoverable Error"; for NCQ the same LBA goes to
+            # log 10h, SATA 3.x §13.7.4): the sectors before it were transferred.
+            failed = lba + min(max(transferred, 0), nbytes - SECTOR_SIZE) // SECTOR_SIZE
             if write:  # a failed media write is a device fault (ACS-3 §6.2.6)
-                return Finish(d.STATUS_ERR | d.ATA_DF, d.ATA_ABORTED, lba=lba, phase=_error_phase(phase))
-            return Finish(d.STATUS_ERR, d.ATA_UNC, lba=lba, phase=_error_phase(phase))
+                return Finish(d.STATUS_ERR | d.ATA_DF, d.ATA_ABORTED, lba=failed, phase=_error_phase(phase))
+            return Finish(d.STATUS_ERR, d.ATA_UNC, lba=failed, phase=_error_phase(phase))
 
         flush = write and (fua or not self.write_cache)
         return self._with_flush([request], done, to_host=not write, nbytes=nbytes, flush=flush)
@@ -227,7 +233,7 @@ class AtaDisk:
     # -- non-data commands ----------------------------------------------------------------
 
     def _flush(self, cmd: Command) -> Outcome:
-        def done(status: BlockStatus) -> Finish:
+        def done(status: BlockStatus, transferred: int) -> Finish:
             if status is BlockStatus.OK:
                 return Finish(d.STATUS_OK)
             return Finish(d.STATUS_ERR | d.ATA_DF, d.ATA_ABORTED)
@@ -376,11 +382,12 @@ class AtaDisk:
         return identify_log_page(page, self.identify())
 
 
-def _worst(results: list[BlockCompletion]) -> BlockStatus:
+def _worst(results: list[BlockCompletion]) -> tuple[BlockStatus, int]:
+    """The first failure's status and the bytes it moved before failing, or (OK, 0)."""
     for result in results:
         if result.status is not BlockStatus.OK:
-            return result.status
-    return BlockStatus.OK
+            return result.status, result.transferred
+    return BlockStatus.OK, 0
 
 
 def _error_phase(phase: DataPhase) -> DataPhase:
