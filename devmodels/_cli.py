@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "mpqemu": ("harness.serve.mpqemu_cmd", "main", "serve a device to QEMU's x-pci-proxy-dev (multi-process QEMU)"),
     "conformance": ("harness.conformance.cli", "main", "boot guests whose devices devmodels serves; print the driver matrix"),
     "vhost-user": ("harness.serve.vhost_user_cmd", "main", "serve virtio-blk or virtio-net to a vhost-user front-end such as QEMU (--socket)"),
+    "snapshot": ("harness.snapshot.cli", "main", "read device snapshot files: inspect FILE, check FILE --backend SPEC..."),
 }
 
 

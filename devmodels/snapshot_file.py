@@ -24,7 +24,7 @@ Rules:
    ``--backend`` words list them: e1000 and virtio-net take zero or one network backend,
    virtio-blk one block backend, AHCI one medium per port in port order (``None`` for an
    empty CD tray or an empty port), testdev none. ``core_kinds()`` has the kinds of this
-   package (testdev, e1000, ahci); ``virtio.snapshot_kinds()`` adds the virtio ones.
+   package (testdev, e1000, ahci); ``virtio.snapshot.snapshot_kinds()`` adds the virtio ones.
 4. Writing takes a device at its quiesce point: ``save(device)`` calls ``quiesce()``,
    then ``state()``.
 5. Compatibility (``devmodels._state`` rule 8): a file written by any released format
