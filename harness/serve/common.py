@@ -4,7 +4,8 @@ Rules:
 
 1. Every command takes the same device words: ``--device NAME`` (``registry.DEVICES``),
    ``--backend SPEC`` (repeatable) and ``--opt KEY=VALUE`` (repeatable), and
-   ``--log-level``.
+   ``--log-level``; and the same fault words, ``--faults PLAN`` and ``--fault-socket
+   PATH`` (``faults``).
 2. Bad arguments print one line naming what was wrong and exit 2; a backend that cannot be
    opened exits 1. A server never exits because of what a guest or a VMM peer did.
 3. SIGTERM and SIGINT stop the server cleanly (exit 0); SIGUSR1 writes one stats line to
@@ -34,7 +35,7 @@ def device_help() -> str:
 
 def add_device_arguments(parser: argparse.ArgumentParser, *, default: str | None = None,
                          choices: list[str] | None = None) -> None:
-    """``--device``, ``--backend``, ``--opt``, ``--log-level`` (rule 1)."""
+    """``--device``, ``--backend``, ``--opt``, ``--log-level``, ``--faults``, ``--fault-socket`` (rule 1)."""
     names = choices if choices is not None else list(DEVICES)
     parser.add_argument("--device", required=default is None, default=default, choices=names,
                         help=f"the device to serve ({device_help()})")
@@ -44,6 +45,10 @@ def add_device_arguments(parser: argparse.ArgumentParser, *, default: str | None
     parser.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="device option, e.g. posted=off, msi=on, packed=off, mac=52:54:00:12:34:56")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--faults", metavar="PLAN", default=None,
+                        help="inject the faults of this JSON fault plan (docs/faults.md)")
+    parser.add_argument("--fault-socket", metavar="PATH", default=None,
+                        help="serve the fault control socket here: add, remove, arm, list faults at run time")
 
 
 def setup_logging(level: str, name: str) -> None:

@@ -31,6 +31,7 @@ from devmodels.runtime import DeviceRunner, EventLoop
 from mpqemu import DEFAULT_HIDDEN, MpqemuServer
 
 from .common import add_device_arguments, setup_logging, signals, write_stats
+from .faults import from_args
 from .registry import build
 
 __all__ = ["main"]
@@ -86,13 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = EventLoop(poll_ns=args.poll_us * 1000)
     server = MpqemuServer(built.function, sock, memory, loop=loop,
                           hide_capabilities=() if args.show_msi else DEFAULT_HIDDEN)
-    runner = DeviceRunner(built.served, loop)
+    try:
+        faults = from_args(args, built)  # the fault layers (``faults``); pci.* after the server's sinks
+        served = faults.start(built.function) if faults is not None else built.served
+    except (UsageError, HostError) as exc:
+        server.close()
+        built.close()
+        loop.close()
+        print(f"mpqemu: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    runner = DeviceRunner(served, loop)
     runner.attach()
     server.before_dispatch.append(runner.before_access)
     server.after_dispatch.append(runner.after_access)
 
     def stats() -> None:
-        write_stats("mpqemu", {**dataclasses.asdict(server.stats), **built.counters()})
+        write_stats("mpqemu", {**dataclasses.asdict(server.stats), **built.counters(),
+                               **(faults.counters() if faults is not None else {})})
 
     try:
         with signals(server.stop, stats):
@@ -100,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.close()
         runner.close()
+        if faults is not None:
+            faults.close()
         built.close()
         loop.close()
     s = server.stats

@@ -18,7 +18,9 @@ Rules:
    are served as PCI functions through our virtio-pci transport with MSI-X.
 3. One ``EventLoop`` serves the client's socket and, through ``DeviceRunner``, the device's
    backends and timers.
-4. It does not daemonize; SIGTERM and SIGINT end it cleanly (exit 0), SIGUSR1 prints a
+4. ``--faults PLAN`` and ``--fault-socket PATH`` put the fault layers on the device
+   (``faults``), the ``pci.*`` ones between the function and this server.
+5. It does not daemonize; SIGTERM and SIGINT end it cleanly (exit 0), SIGUSR1 prints a
    stats line: ``vfio-user stats: messages=N bar_reads=N bar_writes=N ...`` with the
    server's counters (``passthrough.user.server.ServerStats``, over every client so far),
    ``rejected`` and the backends' counters, as ``devmodels mpqemu`` prints its own.
@@ -39,6 +41,7 @@ from devmodels.runtime import DeviceRunner, EventLoop
 from passthrough.user import DmaMemory, VfioUserServer
 
 from .common import add_device_arguments, setup_logging, signals, write_stats
+from .faults import from_args
 from .registry import build
 
 __all__ = ["main"]
@@ -68,8 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
     assert built.function is not None
     server = VfioUserServer(built.function, memory)
+    try:
+        faults = from_args(args, built)
+        served = faults.start(built.function) if faults is not None else built.served
+    except (UsageError, HostError) as exc:
+        built.close()
+        print(f"vfio-user: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
     loop = EventLoop()
-    runner = DeviceRunner(built.served, loop)
+    runner = DeviceRunner(served, loop)
     runner.attach()
     stopping = False
     listener: socket.socket | None = None
@@ -83,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def stats() -> None:
         write_stats("vfio-user", {**dataclasses.asdict(server.stats), "rejected": server.rejected,
-                                  **built.counters()})
+                                  **built.counters(), **(faults.counters() if faults is not None else {})})
 
     try:
         with signals(stop, stats):
@@ -105,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.socket_path and os.path.exists(args.socket_path):
                 os.unlink(args.socket_path)
         runner.close()
+        if faults is not None:
+            faults.close()
         built.close()
         loop.close()
     return 0
