@@ -11,7 +11,7 @@
 from . import defs, errors
 from .errors import VirtqueueError
 from .ring import IMPLEMENTATION, Chain, ChainC, ChainPy, RingC, RingPy
-from .virtqueue import Virtqueue, VirtqueueState
+from .virtqueue import QueueObserver, Virtqueue, VirtqueueState
 
 __all__ = [
     "defs",
@@ -20,6 +20,7 @@ __all__ = [
     "ChainC",
     "ChainPy",
     "IMPLEMENTATION",
+    "QueueObserver",
     "RingC",
     "RingPy",
     "Virtqueue",

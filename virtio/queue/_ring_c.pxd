@@ -161,6 +161,19 @@ cdef class Ring:
     cpdef object rewind(self, list chains)
 
     @cython.locals(
+        size="unsigned int", dbuf=object, doff=Py_ssize_t, dview="const unsigned char[::1]",
+        desc="const unsigned char *", sview="unsigned char[::1]", scratch="unsigned char *",
+    )
+    cpdef object reread_split(self, object memory, unsigned int head)
+
+    @cython.locals(
+        n=Py_ssize_t, size="unsigned int", view="const unsigned char[::1]", p="const unsigned char *",
+        sview="unsigned char[::1]", scratch="unsigned char *", gpa="unsigned long long", k=Py_ssize_t,
+        addr="unsigned long long", length="unsigned int", buffer_id="unsigned int", flags="unsigned int",
+    )
+    cpdef object reread_packed(self, object memory, object descs)
+
+    @cython.locals(
         size="unsigned int", total="unsigned int", pos="unsigned int", i=Py_ssize_t, chain=Chain,
         iview="unsigned short[::1]", inflight="unsigned short *",
     )

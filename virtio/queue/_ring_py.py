@@ -398,6 +398,92 @@ class Ring:
             self.in_order_next = first.head
         return True
 
+    def reread_split(self, memory, head):
+        """Split ring: the chain whose head descriptor is ``head``, parsed from the descriptor
+        table exactly as ``pop`` parses one, positions unchanged. A chain a previous back-end
+        took and did not use is still the driver's in flight, so its descriptors are as it
+        made them available (vhost-user inflight resubmission). ``None`` when the ring is not
+        ready, broken, or breaks on it (rule 4).
+
+        Raises:
+            UsageError: a packed ring, or VIRTIO_F_IN_ORDER (its chains follow pop order).
+        """
+        if self.packed or self.in_order:
+            raise UsageError("reread_split takes a split ring without VIRTIO_F_IN_ORDER")
+        if self.broken is not None or not self.ready:
+            return None
+        try:
+            self._check_split()
+            size = self.size
+            if head >= size:
+                raise err.DescriptorIndexError(head, size, "in-flight head", self.desc_addr)
+            dbuf, doff = _map_area(memory, self.desc_addr, 16 * size, False, "descriptor table", False)
+            dview = dbuf
+            desc = _rptr(dview, doff)
+            sview = self._scratch
+            scratch = _wptr(sview, 0)
+            return self._walk_split(memory, scratch, desc, head, self.desc_addr + 16 * head)
+        except GuestError as exc:
+            self.broken = _detach(exc)
+        finally:
+            self._tview = None
+            self._tend = 0
+        return None
+
+    def reread_packed(self, memory, descs):
+        """Packed ring: the buffer whose descriptors were ``descs`` when a previous back-end
+        took it (16 bytes each, in ``pvirtq_desc`` layout), parsed as ``pop`` parses a list.
+        Its ring slots may hold used descriptors since, so the copy is what is parsed
+        (vhost-user inflight resubmission). The buffer must be in flight in the ring's table
+        with as many descriptors (``set_inflight``). ``None`` when the ring is not ready,
+        broken, or breaks on it (rule 4).
+
+        Raises:
+            UsageError: a split ring; ``descs`` not 1..size descriptors; the buffer id not
+                in flight with that many descriptors.
+        """
+        if not self.packed:
+            raise UsageError("reread_packed takes a packed ring")
+        if self.broken is not None or not self.ready:
+            return None
+        n = len(descs) >> 4
+        if n == 0 or len(descs) & 15 or n > self.size:
+            raise UsageError(f"{len(descs)} bytes are not 1..{self.size} descriptors")
+        try:
+            self._check_packed()
+            size = self.size
+            view = descs
+            p = _rptr(view, 0)
+            sview = self._scratch
+            scratch = _wptr(sview, 0)
+            gpa = self.desc_addr
+            self._begin()
+            buffer_id = 0
+            for k in range(n):
+                addr, length, buffer_id, flags = _ld_desc(p, 16 * k)
+                # §2.8.6: every descriptor but the last has NEXT; §2.8.19: INDIRECT alone.
+                if ((flags & VIRTQ_DESC_F_NEXT) != 0) != (k + 1 < n):
+                    raise err.PackedChainError(k, gpa)
+                if flags & VIRTQ_DESC_F_INDIRECT:
+                    if not self.indirect:
+                        raise err.IndirectFeatureError(k, gpa)
+                    if n > 1:
+                        raise err.IndirectNextError(k, gpa, True)
+                    self._walk_indirect(memory, scratch, addr, length, k, gpa, True)
+                else:
+                    self._add(scratch, addr, length, flags & VIRTQ_DESC_F_WRITE, k, gpa)
+            if buffer_id >= size:
+                raise err.BufferIdError(buffer_id, size, gpa)
+            if buffer_id >= len(self.inflight) or self.inflight[buffer_id] != n:
+                raise UsageError(f"buffer {buffer_id} is not in flight with {n} descriptors")
+            return self._finish(scratch, buffer_id, n, self.next_avail)
+        except GuestError as exc:
+            self.broken = _detach(exc)
+        finally:
+            self._tview = None
+            self._tend = 0
+        return None
+
     def _rewind_packed(self, chains, n):
         size = self.size
         total = 0

@@ -32,13 +32,20 @@ Rules:
    driver whose suppression stores became visible late (a guest that drops its memory
    barriers): a call the driver asked for after the push decided, buffers it made
    available without a notification.
+6. A transport that keeps state outside the ring (vhost-user inflight tracking, dirty
+   logging) sets ``observer`` (a ``QueueObserver``): it sees every chain popped, every
+   push before it is published (``pushing``) and after (``pushed``, with whether the used
+   position moved), and every rewind. ``reread_chain``/``reread_buffer`` parse again a
+   chain that a previous device instance took and left in flight, for it to be
+   resubmitted. An observer may ask for one used entry per publication (``single_push``).
+   With no observer nothing changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from devmodels._errors import GuestError, SnapshotError, UsageError
 from devmodels._memory import GuestMemory
@@ -50,7 +57,7 @@ from . import ring as _ring
 from .defs import VIRTQ_MAX_SIZE
 from .errors import QueueSizeError, RestoredBrokenError
 
-__all__ = ["Virtqueue", "VirtqueueState"]
+__all__ = ["Virtqueue", "VirtqueueState", "QueueObserver"]
 
 _tp_broken = tracepoint("virtio.queue.broken")
 
@@ -90,6 +97,36 @@ class VirtqueueState:
     in_order_next: int
     inflight: tuple[tuple[int, int], ...]
     broken: str | None
+
+
+class QueueObserver(Protocol):
+    """What a transport that keeps state outside the ring is told (rule 6). Calls happen on
+    the thread that pops and pushes; an observer never raises for guest values."""
+
+    @property
+    def single_push(self) -> bool:
+        """Publish one used entry at a time: ``push_batch`` of several entries becomes one
+        push per entry (each told ``pushing``/``pushed``), and notifies if any of them asks.
+        An entry refused then leaves the ones before it published."""
+        ...
+
+    def popped(self, queue: Virtqueue, chains: Sequence[Any], position: int, wrap: bool) -> None:
+        """``chains`` were popped, in ring order, starting at ``position`` (split: the
+        available index; packed: the ring position, with its wrap counter)."""
+        ...
+
+    def pushing(self, queue: Virtqueue, used: Sequence[tuple[Any, int]]) -> None:
+        """``used`` is about to be written and published (nothing is visible yet)."""
+        ...
+
+    def pushed(self, queue: Virtqueue, used: Sequence[tuple[Any, int]], published: bool) -> None:
+        """The push of ``used`` returned; ``published``: the used position moved (else it
+        wrote nothing: the queue was not ready, broke, or refused the entries)."""
+        ...
+
+    def rewound(self, queue: Virtqueue, chains: Sequence[Any]) -> None:
+        """``chains`` were given back: they will be popped again."""
+        ...
 
 
 class Virtqueue:
@@ -133,6 +170,8 @@ class Virtqueue:
         self._ring.max_segments = max_segments
         self._ring.mark_signalled()
         self.name = name
+        self.observer: QueueObserver | None = None
+        """Told of pops, pushes and rewinds (rule 6); ``None`` by default."""
 
     def __repr__(self) -> str:
         layout = "packed" if self.packed else "split"
@@ -313,10 +352,15 @@ class Virtqueue:
         """
         if not _is_int(budget) or budget < 0:
             raise UsageError(f"budget must be a non-negative integer, got {budget!r}")
-        was_broken = self._ring.broken is not None
-        chains: list[Any] = self._ring.pop(memory, min(budget, _MAX_BUDGET))
-        if not was_broken and self._ring.broken is not None:
+        ring = self._ring
+        was_broken = ring.broken is not None
+        observer = self.observer
+        position, wrap = int(ring.next_avail), bool(ring.avail_wrap)
+        chains: list[Any] = ring.pop(memory, min(budget, _MAX_BUDGET))
+        if not was_broken and ring.broken is not None:
             self._trace_broken("pop")
+        if observer is not None and chains:
+            observer.popped(self, chains, position, wrap)
         return chains
 
     def push_batch(self, memory: GuestMemory, used: Sequence[tuple[Any, int]]) -> bool:
@@ -334,11 +378,29 @@ class Virtqueue:
                 chains out of pop order. Nothing is written then.
         """
         entries = used if isinstance(used, (list, tuple)) else list(used)
-        was_broken = self._ring.broken is not None
-        notify = bool(self._ring.push(memory, entries))
-        if not was_broken and self._ring.broken is not None:
+        ring = self._ring
+        was_broken = ring.broken is not None
+        observer = self.observer
+        if observer is None:
+            notify = bool(ring.push(memory, entries))
+        elif observer.single_push and len(entries) > 1:
+            notify = False
+            for entry in entries:
+                notify = self._observed_push(memory, [entry], observer) or notify
+        else:
+            notify = self._observed_push(memory, entries, observer)
+        if not was_broken and ring.broken is not None:
             self._trace_broken("push")
         return notify
+
+    def _observed_push(self, memory: GuestMemory, entries: Sequence[tuple[Any, int]], observer: QueueObserver) -> bool:
+        ring = self._ring
+        before = (int(ring.next_used), bool(ring.used_wrap))
+        observer.pushing(self, entries)
+        try:
+            return bool(ring.push(memory, entries))
+        finally:
+            observer.pushed(self, entries, (int(ring.next_used), bool(ring.used_wrap)) != before)
 
     def push(self, memory: GuestMemory, chain: Any, written: int) -> bool:
         """``push_batch`` of one entry."""
@@ -389,7 +451,45 @@ class Virtqueue:
             UsageError: not chains of this queue since its last reset, or not the last
                 ones popped, in order, all still in flight. Nothing changes then.
         """
-        return bool(self._ring.rewind(list(chains)))
+        chains = list(chains)
+        done = bool(self._ring.rewind(chains))
+        if done and chains and self.observer is not None:
+            self.observer.rewound(self, chains)
+        return done
+
+    def reread_chain(self, memory: GuestMemory, head: int) -> Any | None:
+        """Split queue: the chain at descriptor ``head``, parsed as ``pop_batch`` would but
+        without moving any position (rule 6): one a previous device instance popped and did
+        not use, to be resubmitted. ``None`` when the queue is not ready or broken, or the
+        chain breaks it (rule 3). It can be pushed like any popped chain.
+
+        Raises:
+            UsageError: a packed queue, VIRTIO_F_IN_ORDER, or ``head`` not a 16-bit index.
+        """
+        _field("head", head, 0xFFFF)
+        was_broken = self._ring.broken is not None
+        chain = self._ring.reread_split(memory, head)
+        if not was_broken and self._ring.broken is not None:
+            self._trace_broken("reread")
+        return chain
+
+    def reread_buffer(self, memory: GuestMemory, descriptors: bytes) -> Any | None:
+        """Packed queue: the buffer whose descriptors were ``descriptors`` (16 bytes each,
+        ``pvirtq_desc``) when a previous device instance took it, parsed as ``pop_batch``
+        would (rule 6). The buffer must be in flight in the restored state with that many
+        descriptors. ``None`` when the queue is not ready or broken, or the buffer breaks it.
+
+        Raises:
+            UsageError: a split queue, not 1..size descriptors, or a buffer id not in flight
+                with that many descriptors.
+        """
+        if not isinstance(descriptors, bytes):
+            raise UsageError(f"descriptors must be bytes, got {type(descriptors).__name__}")
+        was_broken = self._ring.broken is not None
+        chain = self._ring.reread_packed(memory, descriptors)
+        if not was_broken and self._ring.broken is not None:
+            self._trace_broken("reread")
+        return chain
 
     def disable_notification(self, memory: GuestMemory) -> None:
         """Tell the driver not to notify (the device is polling); a hint the driver may ignore."""
