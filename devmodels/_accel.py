@@ -18,6 +18,7 @@ NO_EXTENSIONS = bool(os.environ.get("DEVMODELS_NO_EXTENSIONS"))
 ACCELERATED: list[str] = [
     # "virtio.queue.ring",  (added by the module that provides it)
     "virtio.queue.ring",
+    "passthrough.user.framing",
 ]
 
 

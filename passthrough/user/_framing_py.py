@@ -1,4 +1,9 @@
+# cython: language_level=3, annotation_typing=False
 """vfio-user message framing over a connected AF_UNIX stream socket, with SCM_RIGHTS fds.
+
+This file is the pure-Python reference (``_framing_py``) and, through the symlink
+``_framing_c.py`` typed by ``_framing_c.pxd``, the Cython fast path: one source compiled in
+Cython's pure-Python mode, as ``virtio.queue._ring_py``; ``framing`` selects one (its rules).
 
 Rules (vfio-user.rst "Header", "Message sizes"):
 
@@ -26,6 +31,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+try:
+    import cython
+except ImportError:  # Cython is a build tool; without it this module only runs interpreted.
+    from . import _cython_shim as cython
+
 from devmodels._fds import add_fds_bounded, close_fds
 
 from ..defs import (
@@ -37,10 +47,17 @@ from ..defs import (
 from ..errors import VfioUserDisconnectedError, VfioUserProtocolError
 from ..layouts import VfioUserHeader, vfio_user_header
 
-__all__ = ["HEADER_SIZE", "Message", "MessageSocket", "VfioUserFramingError", "close_fds"]
+__all__ = ["COMPILED", "HEADER_SIZE", "Message", "MessageSocket", "VfioUserFramingError", "close_fds"]
+
+COMPILED: bool = cython.compiled
+"""Whether this module is the compiled twin (the selector refuses an uncompiled ``_framing_c``)."""
 
 HEADER_SIZE = vfio_user_header.size
 _FD_SIZE = array.array("i").itemsize
+# Plain ints: socket's MSG_* are IntFlag members, and IntFlag arithmetic runs in Python
+# (enum.Flag.__and__), which showed in the per-message profile (bench vfio-user).
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 
 
 class VfioUserFramingError(VfioUserProtocolError):
@@ -198,7 +215,7 @@ class MessageSocket:
 
     def _recv_some(self, count: int) -> tuple[bytes, list[int], bool]:
         try:
-            data, ancillary, flags, _ = self.sock.recvmsg(count, self._ancillary_size(), socket.MSG_CMSG_CLOEXEC)
+            data, ancillary, flags, _ = self.sock.recvmsg(count, self._ancillary_size(), _MSG_CMSG_CLOEXEC)
         except (ConnectionResetError, OSError) as exc:
             raise VfioUserDisconnectedError(f"vfio-user receive failed: {exc}") from exc
         fds, cut = self._take_fds(ancillary, flags)
@@ -206,20 +223,22 @@ class MessageSocket:
 
     def _recv_into(self, view: memoryview) -> tuple[int, list[int], bool]:
         try:
-            count, ancillary, flags, _ = self.sock.recvmsg_into([view], self._ancillary_size(), socket.MSG_CMSG_CLOEXEC)
+            count, ancillary, flags, _ = self.sock.recvmsg_into([view], self._ancillary_size(), _MSG_CMSG_CLOEXEC)
         except (ConnectionResetError, OSError) as exc:
             raise VfioUserDisconnectedError(f"vfio-user receive failed: {exc}") from exc
         fds, cut = self._take_fds(ancillary, flags)
         return count, fds, cut
 
     def _take_fds(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> tuple[list[int], bool]:
+        if not ancillary and not flags & _MSG_CTRUNC:
+            return [], False  # the common case: nothing came with these bytes
         fds: list[int] = []
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 got = array.array("i")
                 got.frombytes(data[: len(data) - len(data) % _FD_SIZE])
                 fds.extend(got)
-        cut = bool(flags & socket.MSG_CTRUNC)
+        cut = bool(flags & _MSG_CTRUNC)
         if len(fds) > self.max_fds:
             close_fds(fds[self.max_fds :])
             del fds[self.max_fds :]

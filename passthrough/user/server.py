@@ -415,7 +415,8 @@ class VfioUserServer:
             self._reject(message, VfioUserReject(errno.EIO, f"internal error: {exc!r}"))
             return
         finally:
-            message.close_fds(keep=kept)
+            if message.fds:
+                message.close_fds(keep=kept)
         if not message.no_reply:
             self._send(message.msg_id, message.command, payload, flags=VFIO_USER_F_TYPE_REPLY)
 
