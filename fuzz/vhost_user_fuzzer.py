@@ -35,6 +35,7 @@ with instrumented(__name__):
     from typing import Any
 
     from devmodels import GuestMemory
+    from devmodels._fds import close_fds
     from devmodels.backends import MemoryDiskBackend
     from fuzz._echo import make_echo
     from fuzz._execute import Guard
@@ -50,6 +51,8 @@ with instrumented(__name__):
         SessionTransport,
         VhostUserSession,
         encode_config,
+        encode_inflight,
+        encode_log,
         encode_memory,
         encode_u64,
         encode_vring_addr,
@@ -179,6 +182,7 @@ def _chunk(backend: _Backend, chunk: Chunk, sent: list[int], guard: Guard, index
             if trace is not None:
                 trace(f"     message {message.name} flags={message.flags:#x} payload={message.payload[:32].hex()} fds={len(message.fds)}")
             reply = guard.call(functools.partial(backend.session.handle, message), f"chunk {index} {message.name}")
+            close_fds(backend.session.take_reply_fds())  # as the server does once it sent them
             if trace is not None:
                 trace(f"     reply {reply.hex() if reply is not None else None}")
             _check_reply(message.request, reply)
@@ -269,7 +273,34 @@ def seeds() -> dict[str, bytes]:
         Chunk(HEADER.pack(h.VHOST_USER_GET_FEATURES, 0, 0)),  # version 0: fatal
     ]
     blk_features = 1 << 9  # VIRTIO_BLK_F_FLUSH
+    # Inflight tracking: a buffer from GET_INFLIGHT_FD, one handed back (a 4 KiB memfd: one
+    # queue of 8 entries), requests taken and returned, a buffer refused while the ring
+    # runs, the ring stopped and started again with a new buffer.
+    inflight = ack | 1 << h.VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD
+    inflight_setup = [
+        _msg(h.VHOST_USER_GET_INFLIGHT_FD, encode_inflight(0, 0, 1, 8)),
+        _msg(h.VHOST_USER_SET_INFLIGHT_FD, encode_inflight(320, 0, 1, 8), (1,), need_reply=True),
+    ]
+    bring_up = _bring_up(blk_features, inflight)
+    restart = [_msg(h.VHOST_USER_GET_VRING_BASE, encode_vring_state(0, 0))] + inflight_setup[1:] + bring_up[7:]
+    # Dirty logging: a 4 KiB log, LOG_ALL, the ring's log flag at its used ring's address.
+    logged = ack | 1 << h.VHOST_USER_PROTOCOL_F_LOG_SHMFD
+    layout = RingLayout.at(0x1000, 8, False)
+    log_on = [
+        _msg(h.VHOST_USER_SET_LOG_BASE, encode_log(4096, 0), (1,)),
+        _msg(h.VHOST_USER_SET_FEATURES, encode_u64(blk_features | 1 << VIRTIO_F_VERSION_1 | 1 << h.VHOST_F_LOG_ALL),
+             need_reply=True),
+        _msg(h.VHOST_USER_SET_VRING_ADDR, encode_vring_addr(
+            0, _USER + layout.desc_addr, _USER + layout.device_addr, _USER + layout.driver_addr,
+            flags=1 << h.VHOST_VRING_F_LOG, log=layout.device_addr), need_reply=True),
+    ]
     return {
+        "inflight": encode_stream(0, bring_up[:6] + inflight_setup + bring_up[6:] + [store(0x8000, _HDR.pack(0, 0, 1))]
+                                  + blk_read + [Chunk(b"", truncated=True)] + inflight_setup[1:] + restart
+                                  + [Chunk(b"", truncated=True)]),
+        "dirty-log": encode_stream(0, _bring_up(blk_features, logged) + log_on + [store(0x8000, _HDR.pack(0, 0, 1))]
+                                   + blk_read + [Chunk(b"", truncated=True),
+                                                 _msg(h.VHOST_USER_GET_VRING_BASE, encode_vring_state(0, 0))]),
         "blk-read": encode_stream(0, _bring_up(blk_features, ack) + [store(0x8000, _HDR.pack(0, 0, 1))] + blk_read
                                   + [Chunk(b"", truncated=True), _msg(h.VHOST_USER_GET_VRING_BASE, encode_vring_state(0, 0))]),
         "blk-write-getid": encode_stream(0, _bring_up(blk_features, ack) + [store(0x8100, _HDR.pack(8, 0, 0))] + blk_write

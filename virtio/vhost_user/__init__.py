@@ -8,6 +8,10 @@
 - ``MemoryTable``: the front-end's memfd regions mapped into the device's ``GuestMemory``,
   with user-address translation for ring addresses.
 - ``glue``: the device's wake-ups on the loop (``ServedGlue``: any ``ServedDevice``).
+- ``inflight``, ``inflight_split``, ``inflight_packed``: inflight I/O tracking, so that a
+  back-end started after a crash resubmits what its predecessor held (session rule 7).
+- ``dirty_log``, ``atomic_bits``: the shared dirty log of a migrating front-end (rule 8);
+  ``tap``: what a running ring's pops and pushes are recorded through.
 - ``testing``: a fake front-end (``FakeFrontEnd``) over shared memfd RAM.
 - ``defs``: protocol constants. The command is ``devmodels vhost-user`` (``harness.serve``).
 
@@ -23,16 +27,22 @@ guest or a front-end can reach is a bug.
 
 from . import defs
 from .backend import SessionTransport, VhostUserServer
+from .dirty_log import DirtyLog, LogError
 from .glue import DeviceGlue, ServedGlue
+from .inflight import InflightBuffer, InflightError
 from .memory import MappedRegion, MemoryTable, MemoryTableError
 from .messages import (
     ConfigAccess,
+    InflightArea,
+    LogArea,
     Message,
     MessageReader,
     ProtocolError,
     Region,
     VringAddr,
     decode_config,
+    decode_inflight,
+    decode_log,
     decode_mem_reg,
     decode_memory,
     decode_u64,
@@ -40,6 +50,8 @@ from .messages import (
     decode_vring_state,
     encode,
     encode_config,
+    encode_inflight,
+    encode_log,
     encode_mem_reg,
     encode_memory,
     encode_u64,
@@ -58,6 +70,16 @@ __all__ = [
     "UNSUPPORTED_TRANSPORT_FEATURES",
     "DeviceGlue",
     "ServedGlue",
+    "DirtyLog",
+    "LogError",
+    "InflightBuffer",
+    "InflightError",
+    "InflightArea",
+    "LogArea",
+    "encode_inflight",
+    "encode_log",
+    "decode_inflight",
+    "decode_log",
     "MemoryTable",
     "MemoryTableError",
     "MappedRegion",

@@ -15,7 +15,10 @@ Rules:
    Replies never block the loop: the socket is non-blocking, what it does not take waits
    in an outgoing queue written when the socket is writable, and a front-end that leaves
    more than ``OUT_LIMIT`` bytes of replies unread is disconnected (a log line and a
-   ``vhost_user.connection`` trace event); the next front-end can then attach.
+   ``vhost_user.connection`` trace event); the next front-end can then attach. A reply
+   that carries descriptors (GET_INFLIGHT_FD) is sent with them attached to its first
+   byte (``SCM_RIGHTS``); the server closes its copies once they are sent, or when the
+   front-end goes away.
 3. The loop never spins: it sleeps in ``select`` unless a ring ran out of budget with work
    left (``busy``) or a ring is in polling mode (then it wakes every ``poll_interval``).
    Descriptor registrations are reconciled with what the session and glue want after every
@@ -155,6 +158,7 @@ class VhostUserServer:
         self._conn: socket.socket | None = None
         self._reader: MessageReader | None = None
         self._out = bytearray()  # replies the socket has not taken yet (rule 2)
+        self._out_fds: list[tuple[int, list[int]]] = []  # (offset in _out, descriptors to attach there)
         self._recheck_at: float | None = None
         self.session: VhostUserSession | None = None
         self.sessions = 0
@@ -353,6 +357,7 @@ class VhostUserServer:
         self._conn = conn
         self._reader = MessageReader()
         self._out.clear()
+        self._drop_out_fds()
         self.session = VhostUserSession(self.device, queue_num=self._queue_num, close_kick=self._close_watched)
         self._transport.session = self.session
         self.sessions += 1
@@ -372,14 +377,29 @@ class VhostUserServer:
         if conn is None:
             return False
         while self._out:
+            limit, fds = len(self._out), []
+            if self._out_fds:
+                offset, pending = self._out_fds[0]
+                if offset > 0:
+                    limit = offset  # up to the reply that carries descriptors
+                else:
+                    fds = pending
             try:
-                sent = conn.send(self._out)
+                if fds:
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+                    sent = conn.sendmsg([bytes(self._out[:limit])], rights)
+                else:
+                    sent = conn.send(bytes(self._out[:limit]))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self._disconnect(f"reply failed: {exc}")
                 return False
             del self._out[:sent]
+            if fds and sent:
+                close_fds(fds)  # the front-end has its own copies now
+                self._out_fds.pop(0)
+            self._out_fds = [(offset - sent, pending) for offset, pending in self._out_fds]
         if len(self._out) > OUT_LIMIT:
             self._disconnect(f"the front-end left {len(self._out)} bytes of replies unread (limit {OUT_LIMIT})")
             return False
@@ -420,12 +440,22 @@ class VhostUserServer:
                     later.close_fds()
                 self._disconnect(str(exc))
                 return
-            if reply is not None:
+            fds = session.take_reply_fds()
+            if reply is None:
+                close_fds(fds)
+            else:
+                if fds:
+                    self._out_fds.append((len(self._out), fds))
                 self._out += reply
                 if not self._send_out():
                     for later in messages[index + 1 :]:
                         later.close_fds()
                     return
+
+    def _drop_out_fds(self) -> None:
+        pending, self._out_fds = self._out_fds, []
+        for _offset, fds in pending:
+            close_fds(fds)
 
     def _forget(self, fd: int) -> None:
         if self._registered.pop(fd, None) is not None:
@@ -449,6 +479,7 @@ class VhostUserServer:
         self._conn = None
         self._reader = None
         self._out.clear()
+        self._drop_out_fds()
         self._recheck_at = None
         try:
             if session is not None:

@@ -33,6 +33,17 @@ VHOST_USER_VRING_NOFD_MASK = 1 << 8
 # -- vring address flags (vhost_vring_addr.flags) ------------------------------------------
 VHOST_VRING_F_LOG = 0
 
+# -- dirty logging (§ Migration) -----------------------------------------------------------
+VHOST_LOG_PAGE = 0x1000  # one log bit per page of guest-physical address space
+# The largest log this back-end maps: one bit per 4 KiB page, so 32 MiB covers 1 TiB of
+# guest addresses. A larger SET_LOG_BASE is refused (and the front-end cannot migrate).
+VHOST_USER_MAX_LOG_SIZE = 32 << 20
+
+# -- inflight I/O tracking (§ Inflight I/O tracking) ----------------------------------------
+VHOST_USER_INFLIGHT_VERSION = 1
+VHOST_USER_INFLIGHT_ALIGN = 64  # each queue region starts on a 64-byte boundary
+VIRTQUEUE_MAX_SIZE = 32768  # the largest queue_size an inflight description may name
+
 # -- SET_CONFIG flags ----------------------------------------------------------------------
 VHOST_SET_CONFIG_TYPE_MASTER = 0  # front-end message for a driver-writable field
 VHOST_SET_CONFIG_TYPE_MIGRATION = 1
@@ -108,7 +119,7 @@ REQUEST_NAMES: dict[int, str] = {
     for name, value in dict(globals()).items()
     if name.startswith("VHOST_USER_")
     and isinstance(value, int)
-    and not name.startswith(("VHOST_USER_PROTOCOL_F_", "VHOST_USER_F_", "VHOST_USER_MAX"))
+    and not name.startswith(("VHOST_USER_PROTOCOL_F_", "VHOST_USER_F_", "VHOST_USER_MAX", "VHOST_USER_INFLIGHT_"))
     and not name.endswith(("_MASK", "_SIZE"))
     and name != "VHOST_USER_VERSION"
 }

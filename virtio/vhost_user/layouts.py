@@ -17,6 +17,10 @@ one region                 32     u64 guest address, u64 size, u64 user address,
                                   u64 mmap offset
 single memory region       40     u64 padding, region
 device config space        12+n   u32 offset, u32 size, u32 flags, n bytes
+log description            16     u64 mmap size, u64 mmap offset
+inflight description       24     u64 mmap size, u64 mmap offset, u16 num queues, u16 queue
+                                  size, 4 bytes of padding (QEMU's ``VhostUserInflight`` is
+                                  not packed)
 =========================  =====  ===========================================================
 
 Rules: decoding never trusts a value; the protocol layer (``messages``) checks every size
@@ -38,11 +42,15 @@ __all__ = [
     "VhostUserMemory",
     "VhostUserMemRegMsg",
     "VhostUserConfigHeader",
+    "VhostUserLog",
+    "VhostUserInflight",
     "VRING_STATE_SIZE",
     "VRING_ADDR_SIZE",
     "MEMORY_REGION_SIZE",
     "MEMORY_HEADER_SIZE",
     "MEM_REG_MSG_SIZE",
+    "LOG_SIZE",
+    "INFLIGHT_SIZE",
 ]
 
 HEADER = struct.Struct("=III")
@@ -95,8 +103,25 @@ VhostUserConfigHeader = cs.Struct(
 )
 """The fixed part of ``VhostUserConfig``; ``size`` bytes of configuration follow."""
 
+VhostUserLog = cs.Struct(
+    "mmap_size" / cs.Int64un,
+    "mmap_offset" / cs.Int64un,
+)
+"""``VhostUserLog``: the SET_LOG_BASE payload (the log is mapped from the message's fd)."""
+
+VhostUserInflight = cs.Struct(
+    "mmap_size" / cs.Int64un,
+    "mmap_offset" / cs.Int64un,
+    "num_queues" / cs.Int16un,
+    "queue_size" / cs.Int16un,
+    "padding" / cs.Padding(4),
+)
+"""``VhostUserInflight``: GET_INFLIGHT_FD / SET_INFLIGHT_FD payload and reply."""
+
 VRING_STATE_SIZE = VhostVringState.sizeof()
 VRING_ADDR_SIZE = VhostVringAddr.sizeof()
 MEMORY_REGION_SIZE = VhostUserMemoryRegion.sizeof()
 MEMORY_HEADER_SIZE = 8
 MEM_REG_MSG_SIZE = VhostUserMemRegMsg.sizeof()
+LOG_SIZE = VhostUserLog.sizeof()
+INFLIGHT_SIZE = VhostUserInflight.sizeof()

@@ -49,6 +49,8 @@ from .defs import (
 )
 from .layouts import (
     HEADER,
+    INFLIGHT_SIZE,
+    LOG_SIZE,
     MEM_REG_MSG_SIZE,
     MEMORY_HEADER_SIZE,
     MEMORY_REGION_SIZE,
@@ -56,6 +58,8 @@ from .layouts import (
     VRING_ADDR_SIZE,
     VRING_STATE_SIZE,
     VhostUserConfigHeader,
+    VhostUserInflight,
+    VhostUserLog,
     VhostUserMemory,
     VhostUserMemRegMsg,
     VhostVringAddr,
@@ -69,6 +73,8 @@ __all__ = [
     "Region",
     "VringAddr",
     "ConfigAccess",
+    "LogArea",
+    "InflightArea",
     "encode",
     "encode_u64",
     "encode_vring_state",
@@ -76,12 +82,16 @@ __all__ = [
     "encode_memory",
     "encode_mem_reg",
     "encode_vring_addr",
+    "encode_log",
+    "encode_inflight",
     "decode_u64",
     "decode_vring_state",
     "decode_vring_addr",
     "decode_memory",
     "decode_mem_reg",
     "decode_config",
+    "decode_log",
+    "decode_inflight",
     "close_fds",
 ]
 
@@ -292,6 +302,17 @@ def encode_mem_reg(region: Region) -> bytes:
     )
 
 
+def encode_log(size: int, offset: int = 0) -> bytes:
+    """A SET_LOG_BASE payload (front-end side): the log's size and offset in its fd."""
+    return bytes(VhostUserLog.build(dict(mmap_size=size, mmap_offset=offset)))
+
+
+def encode_inflight(size: int, offset: int, num_queues: int, queue_size: int) -> bytes:
+    """A GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (and the GET_INFLIGHT_FD reply)."""
+    return bytes(VhostUserInflight.build(dict(mmap_size=size, mmap_offset=offset, num_queues=num_queues,
+                                              queue_size=queue_size)))
+
+
 # -- decoding (rule 4) ---------------------------------------------------------------------------
 
 
@@ -325,6 +346,24 @@ class ConfigAccess:
     size: int
     flags: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class LogArea:
+    """A SET_LOG_BASE payload: ``size`` bytes of log at ``offset`` in the message's fd."""
+
+    size: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class InflightArea:
+    """A GET_INFLIGHT_FD / SET_INFLIGHT_FD payload."""
+
+    size: int
+    offset: int
+    num_queues: int
+    queue_size: int
 
 
 def _exact(message: Message, size: int) -> None:
@@ -390,3 +429,17 @@ def decode_config(message: Message) -> ConfigAccess:
         raise ProtocolError(f"{message.name} size {p.size} exceeds {VHOST_USER_MAX_CONFIG_SIZE}")
     _exact(message, VHOST_USER_CONFIG_HDR_SIZE + p.size)
     return ConfigAccess(int(p.offset), int(p.size), int(p.flags), message.payload[VHOST_USER_CONFIG_HDR_SIZE:])
+
+
+def decode_log(message: Message) -> LogArea:
+    """A log description (16 bytes)."""
+    _exact(message, LOG_SIZE)
+    p = _parse(VhostUserLog, message)
+    return LogArea(int(p.mmap_size), int(p.mmap_offset))
+
+
+def decode_inflight(message: Message) -> InflightArea:
+    """An inflight description (24 bytes, QEMU's unpacked ``VhostUserInflight``)."""
+    _exact(message, INFLIGHT_SIZE)
+    p = _parse(VhostUserInflight, message)
+    return InflightArea(int(p.mmap_size), int(p.mmap_offset), int(p.num_queues), int(p.queue_size))

@@ -40,6 +40,26 @@ Rules:
    device and negotiate the session's features again: a ring stopped and started again
    starts clean, whatever the features. Failed rings not yet stopped stay out.
 
+7. Inflight I/O tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, offered for devices that
+   process every queue through ``handle_queue``, as virtio-blk does): GET_INFLIGHT_FD
+   answers a new zeroed buffer with its descriptor (``take_reply_fds``); SET_INFLIGHT_FD
+   maps the one the front-end keeps. A ring's *first* start after SET_INFLIGHT_FD
+   recovers what a previous back-end left in its region (``inflight_split``,
+   ``inflight_packed``): the ring starts at the recorded used position with the buffers
+   still in flight taken, and they are resubmitted to the device in the order they were
+   taken; a region that does not hold together is started afresh (nothing resubmitted,
+   as without tracking). Every later start, and every start after the session reset the
+   device, starts its region afresh at the ring's used position. While a ring runs its
+   ``VringTap`` records every chain taken and returned.
+8. Dirty logging (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD): SET_LOG_BASE maps the
+   log and is always answered (QEMU waits for it; a log that cannot be mapped ends the
+   connection, so the front-end never migrates with writes unlogged). SET_FEATURES that
+   only turns VHOST_F_LOG_ALL on or off, and SET_VRING_ADDR that only changes a running
+   ring's flags (VHOST_VRING_F_LOG) and log address, change logging and nothing else.
+   While logging, every buffer the device returns and the ring areas it writes are marked
+   after they were written, and a stopping ring marks its areas again before
+   GET_VRING_BASE is answered (``tap`` rule 2).
+
 No message, and nothing the guest puts in the rings, ends the server or stalls a ring
 beyond the stated bounds: malformed messages are refused (rule 1), ring errors take the
 device to DEVICE_NEEDS_RESET (rule 6), and a ``UsageError`` a front-end or guest could
@@ -55,7 +75,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from devmodels import GuestMemoryError, UsageError
+from devmodels import GuestError, GuestMemoryError, UsageError
 from devmodels._errors import SnapshotError
 from devmodels._trace import tracepoint
 
@@ -71,13 +91,16 @@ from ..defs import (
     VIRTIO_F_RING_RESET,
 )
 from ..device import VirtioDevice
+from . import atomic_bits
 from .defs import (
+    VHOST_F_LOG_ALL,
     VHOST_SET_CONFIG_TYPE_MASTER,
     VHOST_SET_CONFIG_TYPE_MIGRATION,
     VHOST_USER_ADD_MEM_REG,
     VHOST_USER_F_PROTOCOL_FEATURES,
     VHOST_USER_GET_CONFIG,
     VHOST_USER_GET_FEATURES,
+    VHOST_USER_GET_INFLIGHT_FD,
     VHOST_USER_GET_MAX_MEM_SLOTS,
     VHOST_USER_GET_PROTOCOL_FEATURES,
     VHOST_USER_GET_QUEUE_NUM,
@@ -86,6 +109,8 @@ from .defs import (
     VHOST_USER_MAX_MEM_SLOTS,
     VHOST_USER_PROTOCOL_F_CONFIG,
     VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+    VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
+    VHOST_USER_PROTOCOL_F_LOG_SHMFD,
     VHOST_USER_PROTOCOL_F_MQ,
     VHOST_USER_PROTOCOL_F_REPLY_ACK,
     VHOST_USER_PROTOCOL_F_RESET_DEVICE,
@@ -94,6 +119,9 @@ from .defs import (
     VHOST_USER_RESET_OWNER,
     VHOST_USER_SET_CONFIG,
     VHOST_USER_SET_FEATURES,
+    VHOST_USER_SET_INFLIGHT_FD,
+    VHOST_USER_SET_LOG_BASE,
+    VHOST_USER_SET_LOG_FD,
     VHOST_USER_SET_MEM_TABLE,
     VHOST_USER_SET_OWNER,
     VHOST_USER_SET_PROTOCOL_FEATURES,
@@ -106,7 +134,12 @@ from .defs import (
     VHOST_USER_SET_VRING_NUM,
     VHOST_USER_VRING_IDX_MASK,
     VHOST_USER_VRING_NOFD_MASK,
+    VHOST_VRING_F_LOG,
 )
+from .dirty_log import DirtyLog, LogError
+from .inflight import InflightBuffer, InflightError, Recovery
+from .inflight_packed import PackedInflight
+from .inflight_split import SplitInflight
 from .memory import MemoryTable, MemoryTableError
 from .messages import (
     Message,
@@ -114,6 +147,8 @@ from .messages import (
     VringAddr,
     close_fds,
     decode_config,
+    decode_inflight,
+    decode_log,
     decode_mem_reg,
     decode_memory,
     decode_u64,
@@ -121,9 +156,11 @@ from .messages import (
     decode_vring_state,
     encode,
     encode_config,
+    encode_inflight,
     encode_u64,
     encode_vring_state,
 )
+from .tap import VringTap
 
 __all__ = ["VhostUserSession", "VringState", "PROTOCOL_FEATURES", "UNSUPPORTED_TRANSPORT_FEATURES"]
 
@@ -132,14 +169,23 @@ _tp_msg = tracepoint("vhost_user.message")
 _tp_error = tracepoint("vhost_user.error")
 _tp_ring = tracepoint("vhost_user.ring")
 
+LOGGING = atomic_bits.available()
+"""Whether this machine can write the shared dirty log (``atomic_bits``): VHOST_F_LOG_ALL
+and VHOST_USER_PROTOCOL_F_LOG_SHMFD are offered only then (rule 8)."""
+
 PROTOCOL_FEATURES = (
     1 << VHOST_USER_PROTOCOL_F_MQ
     | 1 << VHOST_USER_PROTOCOL_F_REPLY_ACK
     | 1 << VHOST_USER_PROTOCOL_F_CONFIG
     | 1 << VHOST_USER_PROTOCOL_F_RESET_DEVICE
     | 1 << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS
+    | 1 << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD
+    | (1 << VHOST_USER_PROTOCOL_F_LOG_SHMFD if LOGGING else 0)
 )
-"""Protocol features this back-end offers."""
+"""Protocol features this back-end may offer (INFLIGHT_SHMFD only for devices that can
+resubmit, rule 7; CONFIG only for devices that keep their configuration)."""
+
+_NOT_DEVICE_FEATURES = 1 << VHOST_USER_F_PROTOCOL_FEATURES | 1 << VHOST_F_LOG_ALL
 
 UNSUPPORTED_TRANSPORT_FEATURES = (
     1 << VIRTIO_F_RING_RESET | 1 << VIRTIO_F_ACCESS_PLATFORM | 1 << VIRTIO_F_NOTIFICATION_DATA
@@ -155,6 +201,7 @@ _HAS_REPLY = frozenset(
         VHOST_USER_GET_QUEUE_NUM,
         VHOST_USER_GET_CONFIG,
         VHOST_USER_GET_MAX_MEM_SLOTS,
+        VHOST_USER_GET_INFLIGHT_FD,
     }
 )
 
@@ -190,6 +237,8 @@ class VringState:
     running: bool = False
     call_pending: bool = False
     failed: bool = False  # running when the device failed: out until stopped and started (rule 6)
+    tap: VringTap | None = None  # while running: inflight tracking and dirty logging (rules 7, 8)
+    recover: bool = False  # the next start recovers the inflight region (rule 7)
 
     def close(self, close_kick: Callable[[int], None]) -> None:
         """Close the ring's descriptors (the kick one through ``close_kick``)."""
@@ -228,6 +277,14 @@ class VhostUserSession:
         self.offered_protocol = PROTOCOL_FEATURES
         if not getattr(device, "vhost_user_config", True):
             self.offered_protocol &= ~(1 << VHOST_USER_PROTOCOL_F_CONFIG)
+        # Rule 7: resubmitting means handing chains to ``handle_queue``, which a device that
+        # overrides ``on_queue_notify`` (a NIC's receive queue) does not take them through.
+        self.resubmits = type(device).on_queue_notify is VirtioDevice.on_queue_notify
+        if not self.resubmits:
+            self.offered_protocol &= ~(1 << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)
+        self.inflight: InflightBuffer | None = None  # SET_INFLIGHT_FD (rule 7)
+        self.log: DirtyLog | None = None  # SET_LOG_BASE (rule 8)
+        self._reply_fds: list[int] = []
         self.owner = False
         self.features: int | None = None  # what SET_FEATURES last set
         self.protocol_features = 0
@@ -242,8 +299,20 @@ class VhostUserSession:
     @property
     def offered_features(self) -> int:
         """GET_FEATURES: the device's features, less what vhost-user cannot carry, plus
-        VHOST_USER_F_PROTOCOL_FEATURES."""
-        return (self.device.features.offered & ~UNSUPPORTED_TRANSPORT_FEATURES) | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+        VHOST_USER_F_PROTOCOL_FEATURES and (rule 8) VHOST_F_LOG_ALL."""
+        offered = (self.device.features.offered & ~UNSUPPORTED_TRANSPORT_FEATURES) | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+        return offered | (1 << VHOST_F_LOG_ALL if LOGGING else 0)
+
+    @property
+    def logging(self) -> bool:
+        """The front-end asked for every write to be logged (VHOST_F_LOG_ALL) and gave a log."""
+        return self.log is not None and self.features is not None and bool(self.features >> VHOST_F_LOG_ALL & 1)
+
+    def take_reply_fds(self) -> list[int]:
+        """Descriptors to send with the reply ``handle`` just returned (GET_INFLIGHT_FD); the
+        caller sends and closes them (rule 7)."""
+        fds, self._reply_fds = self._reply_fds, []
+        return fds
 
     @property
     def reply_ack(self) -> bool:
@@ -347,8 +416,12 @@ class VhostUserSession:
                 raise
             if message.request == VHOST_USER_GET_CONFIG:
                 return encode(message.request, b"")  # the protocol's GET_CONFIG error reply
-            if message.request in _HAS_REPLY:
-                # The front-end waits for a payload this request cannot have.
+            close_fds(self.take_reply_fds())
+            if message.request in _HAS_REPLY or (
+                message.request == VHOST_USER_SET_LOG_BASE and self.protocol_features >> VHOST_USER_PROTOCOL_F_LOG_SHMFD & 1
+            ):
+                # The front-end waits for a payload this request cannot have (a refused log:
+                # rule 8, the front-end must not migrate believing writes are logged).
                 raise ProtocolError(str(exc), fatal=True) from None
             if message.need_reply and self.reply_ack:
                 return encode(message.request, encode_u64(1))
@@ -372,7 +445,7 @@ class VhostUserSession:
         unknown = value & ~self.offered_features
         if unknown:
             raise ProtocolError(f"SET_FEATURES {value:#x} has bits never offered: {unknown:#x}")
-        device_features = value & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES)
+        device_features = value & ~_NOT_DEVICE_FEATURES
         first = self.features is None
         protocol = bool(value >> VHOST_USER_F_PROTOCOL_FEATURES & 1)
         self.features = value
@@ -382,8 +455,10 @@ class VhostUserSession:
                 vring.enabled = True
         device = self.device
         if not first and device.status & FEATURES_OK and device.negotiated == device_features and not device.broken:
-            return  # QEMU resends the same features on every start and log change
+            self._update_logging()  # rule 8: QEMU resends the same features on every start and log change
+            return
         self._configure(device_features)
+        self._update_logging()
 
     def _configure(self, device_features: int) -> None:
         """Reset the device and take it to DRIVER_OK with ``device_features``; running rings
@@ -395,6 +470,7 @@ class VhostUserSession:
                 if broken:
                     self._fail_ring(vring)
                 self._stop(vring)
+            vring.recover = False  # rule 7: what the reset device held is gone
         self._drain()
         device.write_status(0)
         device.write_status(ACKNOWLEDGE)
@@ -514,11 +590,17 @@ class VhostUserSession:
     def _set_vring_addr(self, message: Message) -> None:
         addr = decode_vring_addr(message)
         vring = self._vring(addr.index, message)
-        if addr.flags:
-            # VHOST_VRING_F_LOG: dirty logging needs LOG_SHMFD, which is not offered.
-            raise ProtocolError(f"ring {addr.index}: vring flags {addr.flags:#x} (logging) are not supported")
+        if addr.flags & ~(1 << VHOST_VRING_F_LOG):
+            raise ProtocolError(f"ring {addr.index}: vring flags {addr.flags:#x} are not defined")
+        if addr.flags and not self.protocol_features >> VHOST_USER_PROTOCOL_F_LOG_SHMFD & 1:
+            raise ProtocolError(f"ring {addr.index}: VHOST_VRING_F_LOG without VHOST_USER_PROTOCOL_F_LOG_SHMFD")
         if vring.running:
-            raise ProtocolError(f"ring {addr.index} is running; stop it before moving it")
+            old = vring.addr
+            if old is None or (old.desc, old.used, old.avail) != (addr.desc, addr.used, addr.avail):
+                raise ProtocolError(f"ring {addr.index} is running; stop it before moving it")
+            vring.addr = addr  # rule 8: only the logging flag and address change
+            self._update_logging()
+            return
         vring.addr = addr
         if len(self.memory) and vring.num is not None:
             self._translate(vring)  # fail early; translated again when the ring starts
@@ -602,6 +684,92 @@ class VhostUserSession:
             self._stop(vring)
             vring.started = vring.kick_fd is not None or vring.polling
 
+    # -- handlers: inflight tracking and dirty logging (rules 7, 8) -----------------------------
+
+    def _get_inflight_fd(self, message: Message) -> bytes:
+        self._require_protocol(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, message)
+        area = decode_inflight(message)
+        if area.num_queues > len(self.vrings):
+            raise ProtocolError(f"GET_INFLIGHT_FD for {area.num_queues} queues; the device has {len(self.vrings)}")
+        try:
+            fd, size = InflightBuffer.create(area.num_queues, area.queue_size)
+        except InflightError as exc:
+            raise ProtocolError(f"GET_INFLIGHT_FD: {exc}") from None
+        except OSError as exc:
+            raise ProtocolError(f"GET_INFLIGHT_FD: no memory file: {exc}") from None
+        self._reply_fds.append(fd)
+        return encode(message.request, encode_inflight(size, 0, area.num_queues, area.queue_size))
+
+    def _set_inflight_fd(self, message: Message) -> None:
+        self._require_protocol(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, message)
+        area = decode_inflight(message)
+        if len(message.fds) != 1:
+            raise ProtocolError(f"SET_INFLIGHT_FD carries {len(message.fds)} descriptors, not 1")
+        fd = message.take_fd()
+        if any(v.running for v in self.vrings):
+            close_fds([fd])
+            raise ProtocolError("SET_INFLIGHT_FD while rings run; stop them first")
+        if area.num_queues > len(self.vrings):
+            close_fds([fd])
+            raise ProtocolError(f"SET_INFLIGHT_FD for {area.num_queues} queues; the device has {len(self.vrings)}")
+        try:
+            buffer = InflightBuffer.adopt(fd, area.size, area.offset, area.num_queues, area.queue_size)
+        except InflightError as exc:
+            raise ProtocolError(f"inflight buffer refused: {exc}") from None
+        if self.inflight is not None:
+            self.inflight.close()
+        self.inflight = buffer
+        for vring in self.vrings:
+            vring.recover = vring.index < buffer.num_queues  # rule 7: the first start recovers
+
+    def _set_log_base(self, message: Message) -> bytes:
+        self._require_protocol(VHOST_USER_PROTOCOL_F_LOG_SHMFD, message)
+        area = decode_log(message)
+        if len(message.fds) != 1:
+            raise ProtocolError(f"SET_LOG_BASE carries {len(message.fds)} descriptors, not 1")
+        try:
+            log = DirtyLog.open(message.take_fd(), area.size, area.offset)
+        except LogError as exc:
+            raise ProtocolError(f"log refused: {exc}") from None
+        old, self.log = self.log, log
+        self._update_logging()
+        if old is not None:
+            old.close()
+        if _tp_ring.on:
+            _tp_ring.emit(index=-1, event="log", size=area.size, pages=log.pages)
+        # Answered whether or not the front-end asked (rule 8; QEMU reads this reply).
+        return encode(message.request, encode_u64(0))
+
+    def _set_log_fd(self, message: Message) -> None:
+        # An eventfd to tell the front-end the log changed: optional, never needed here
+        # (the log is shared memory the front-end reads when it syncs).
+        if len(message.fds) != 1:
+            raise ProtocolError(f"SET_LOG_FD carries {len(message.fds)} descriptors, not 1")
+        message.close_fds()
+
+    def _update_logging(self) -> None:
+        """Give every running ring the log, or take it away (rule 8)."""
+        for vring in self.vrings:
+            tap = vring.tap
+            if tap is None:
+                continue
+            ring_log = vring.addr is not None and vring.addr.flags >> VHOST_VRING_F_LOG & 1
+            tap.log = self.log if self.log is not None and (self.logging or ring_log) else None
+            if vring.addr is not None:
+                tap.log_areas = self._log_areas(vring, tap)
+
+    def _log_areas(self, vring: VringState, tap: VringTap) -> tuple[tuple[int, int], ...]:
+        """What the device writes in a ring besides buffers (``tap`` rule 2)."""
+        assert vring.addr is not None
+        size = tap.size
+        if tap.packed:
+            # Used descriptors go into the descriptor ring; the device event area is what
+            # log_guest_addr names for a packed ring (QEMU: the device area).
+            return ((tap.desc_addr, 16 * size), (tap.device_addr, 4), (vring.addr.log, 4))
+        # § Migration: the used ring, logged at log_guest_addr (QEMU: its guest address, the
+        # one the memory table gives too; both are marked).
+        return ((tap.device_addr, 6 + 8 * size), (vring.addr.log, 6 + 8 * size))
+
     # -- handlers: configuration -----------------------------------------------------------------
 
     def _get_config(self, message: Message) -> bytes:
@@ -663,11 +831,14 @@ class VhostUserSession:
         device = self.device
         if device.broken:
             # Rule 6: the device failed since; this ring starts clean on a reset device.
-            self._configure(self.features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
+            self._configure(self.features & ~_NOT_DEVICE_FEATURES)
             return
         queue = device.queues[vring.index]
         packed = bool(queue.packed)
         size = vring.num
+        tap = VringTap(device.memory, packed=packed, size=size, desc_addr=desc, device_addr=device_area)
+        tracker = self._tracker(vring, packed, size)
+        recovery: Recovery | None = None
         try:
             if packed:
                 position = vring.base & 0x7FFF
@@ -675,37 +846,123 @@ class VhostUserSession:
                 used = vring.base >> 16
                 if position >= size:
                     raise ProtocolError(f"ring {vring.index} base position {position} is not below size {size}")
-                if used and used != vring.base & 0xFFFF:
-                    # Buffers a previous back-end left in flight: their ids are unknown
-                    # here (no inflight tracking), so they cannot be completed.
-                    _log.warning("vhost-user: ring %d starts with buffers in flight from a previous back-end "
-                                 "(used %#x, avail %#x); they are abandoned", vring.index, used, vring.base & 0xFFFF)
                 next_avail, next_used, avail_wrap, used_wrap = position, position, wrap, wrap
+                inflight: tuple[tuple[int, int], ...] = ()
+                if isinstance(tracker, PackedInflight):
+                    packed_tracker = tracker
+                    recovery = self._recover(vring, tracker, lambda: packed_tracker.recover(
+                        lambda pos: device.memory.load_u16(desc + 16 * pos + 14)))
+                if recovery is not None:
+                    next_used, used_wrap = recovery.used, recovery.used_wrap
+                    total = sum(recovery.counts)
+                    next_avail, avail_wrap = (next_used + total) % size, used_wrap ^ (next_used + total >= size)
+                    inflight = tuple(zip(recovery.ids, recovery.counts, strict=True))
+                else:
+                    if isinstance(tracker, PackedInflight):
+                        tracker.initialize(next_used, used_wrap)
+                    if used and used != vring.base & 0xFFFF:
+                        # Buffers a previous back-end left in flight and did not record: their
+                        # ids are unknown here, so they cannot be completed.
+                        _log.warning("vhost-user: ring %d starts with buffers in flight from a previous back-end "
+                                     "(used %#x, avail %#x) and no inflight record; they are abandoned",
+                                     vring.index, used, vring.base & 0xFFFF)
             else:
-                next_avail = vring.base
                 next_used = device.memory.load_u16(device_area + 2)
+                next_avail = vring.base
                 avail_wrap = used_wrap = True
-                if (next_avail - next_used) & 0xFFFF > size:
-                    raise ProtocolError(
-                        f"ring {vring.index} base {next_avail} is more than {size} ahead of used idx {next_used}"
-                    )
-                if next_avail != next_used:
-                    _log.warning("vhost-user: ring %d starts with %d chains in flight from a previous back-end",
-                                 vring.index, (next_avail - next_used) & 0xFFFF)
+                inflight = ()
+                if isinstance(tracker, SplitInflight):
+                    split_tracker, used_idx = tracker, next_used
+                    recovery = self._recover(vring, tracker, lambda: split_tracker.recover(used_idx))
+                if recovery is not None:
+                    next_avail = (next_used + len(recovery.resubmit)) & 0xFFFF
+                else:
+                    if isinstance(tracker, SplitInflight):
+                        tracker.initialize(next_used)
+                    if (next_avail - next_used) & 0xFFFF > size:
+                        raise ProtocolError(
+                            f"ring {vring.index} base {next_avail} is more than {size} ahead of used idx {next_used}"
+                        )
+                    if next_avail != next_used:
+                        _log.warning("vhost-user: ring %d starts with %d chains in flight from a previous back-end "
+                                     "and no inflight record", vring.index, (next_avail - next_used) & 0xFFFF)
             state = replace(
                 queue.state(), size=size, ready=True, desc_addr=desc, driver_addr=driver, device_addr=device_area,
                 next_avail=next_avail, next_used=next_used, avail_wrap=avail_wrap, used_wrap=used_wrap,
-                in_order_next=0, inflight=(), broken=None, notify=True,
+                in_order_next=0, inflight=inflight, broken=None, notify=True,
             )
             device.start_queue(vring.index, state)
             queue.set_features(device.negotiated)
         except (SnapshotError, GuestMemoryError, UsageError) as exc:
             raise ProtocolError(f"ring {vring.index} cannot start: {exc}") from None
+        tap.inflight = tracker
+        vring.tap = tap
+        queue.observer = tap
         vring.running = True
+        self._update_logging()
         if _tp_ring.on:
-            _tp_ring.emit(index=vring.index, event="start", size=size, base=vring.base, packed=packed)
+            _tp_ring.emit(index=vring.index, event="start", size=size, base=vring.base, packed=packed,
+                          resubmitted=len(recovery.resubmit) if recovery is not None else 0)
+        if recovery is not None and recovery.resubmit:
+            self._resubmit(vring.index, queue, recovery)
         self._on_fds_changed()
         self.kick(vring.index)  # the driver may have queued work before the kick descriptor came
+
+    def _tracker(self, vring: VringState, packed: bool, size: int) -> SplitInflight | PackedInflight | None:
+        """The inflight region of ``vring`` (rule 7), if the front-end shared a buffer that
+        has one of the right size."""
+        buffer = self.inflight
+        if buffer is None or not self.resubmits:
+            return None
+        kind = PackedInflight if packed else SplitInflight
+        base = buffer.region(vring.index, kind.need(buffer.queue_size))
+        if base is None or size > buffer.queue_size:
+            _log.warning("vhost-user: ring %d (%d entries) has no usable region in the inflight buffer "
+                         "(%d queues of %d entries, %d bytes each); it is not tracked", vring.index, size,
+                         buffer.num_queues, buffer.queue_size, buffer.stride)
+            return None
+        return kind(buffer.mapping, base, buffer.queue_size, size)
+
+    def _recover(self, vring: VringState, tracker: SplitInflight | PackedInflight,
+                 recover: Callable[[], Recovery]) -> Recovery | None:
+        """What the region of ``vring`` holds, at its first start after SET_INFLIGHT_FD (rule
+        7); ``None`` when it is to be started afresh."""
+        if not vring.recover:
+            return None
+        vring.recover = False
+        if not tracker.valid:
+            return None  # a new buffer: nothing was ever taken
+        try:
+            recovery = recover()
+        except (InflightError, GuestMemoryError) as exc:
+            _log.warning("vhost-user: ring %d: the inflight region is not usable (%s); starting it afresh",
+                         vring.index, exc)
+            if _tp_ring.on:
+                _tp_ring.emit(index=vring.index, event="inflight_refused", reason=str(exc))
+            return None
+        if recovery.resubmit:
+            _log.info("vhost-user: ring %d resubmits %d request(s) a previous back-end left in flight",
+                      vring.index, len(recovery.resubmit))
+        return recovery
+
+    def _resubmit(self, index: int, queue: Any, recovery: Recovery) -> None:
+        """Hand the chains a previous back-end left in flight to the device (rule 7)."""
+        device = self.device
+        chains = []
+        for item in recovery.resubmit:
+            if isinstance(item, bytes):
+                chain = queue.reread_buffer(device.memory, item)
+            else:
+                chain = queue.reread_chain(device.memory, item)
+            if chain is None:  # the queue broke on it: DEVICE_NEEDS_RESET (rule 6)
+                reason = queue.broken_reason
+                device.fail(reason if reason is not None else GuestError(f"queue {index}: resubmission failed"))
+                return
+            chains.append(chain)
+        try:
+            device.handle_queue(index, chains)
+        except GuestError as exc:
+            device.fail(exc)
 
     def _stop(self, vring: VringState) -> None:
         if not vring.running:
@@ -714,6 +971,11 @@ class VhostUserSession:
         device = self.device
         device.stop_queue(vring.index)  # rule 3: what the device held goes back to the ring
         queue = device.queues[vring.index]
+        tap, vring.tap = vring.tap, None
+        if tap is not None:
+            tap.log_rings()  # rule 8: after the last write, before GET_VRING_BASE is answered
+            if queue.observer is tap:
+                queue.observer = None
         if queue.packed:
             # Both halves (see _set_vring_base); after the drain nothing is in flight and
             # they are equal.
@@ -757,14 +1019,25 @@ class VhostUserSession:
         self.closed = True
         for vring in self.vrings:
             vring.running = False
+            if vring.tap is not None:
+                vring.tap.log_rings()
         try:
             self._drain()
             self.device.write_status(0)
         finally:
             for vring in self.vrings:
                 vring.close(self._close_kick)
+                vring.tap = None
+            for queue in self.device.queues:
+                if isinstance(queue.observer, VringTap):
+                    queue.observer = None
             self.memory.clear()
             self.busy.clear()
+            close_fds(self.take_reply_fds())
+            for held in (self.inflight, self.log):
+                if held is not None:
+                    held.close()
+            self.inflight = self.log = None
 
 
 def _no_payload(message: Message) -> None:
@@ -811,4 +1084,8 @@ _HANDLERS: dict[int, Handler] = {
     VHOST_USER_GET_MAX_MEM_SLOTS: VhostUserSession._get_max_mem_slots,
     VHOST_USER_ADD_MEM_REG: VhostUserSession._add_mem_reg,
     VHOST_USER_REM_MEM_REG: VhostUserSession._rem_mem_reg,
+    VHOST_USER_GET_INFLIGHT_FD: VhostUserSession._get_inflight_fd,
+    VHOST_USER_SET_INFLIGHT_FD: VhostUserSession._set_inflight_fd,
+    VHOST_USER_SET_LOG_BASE: VhostUserSession._set_log_base,
+    VHOST_USER_SET_LOG_FD: VhostUserSession._set_log_fd,
 }

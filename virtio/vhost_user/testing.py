@@ -25,6 +25,7 @@ from devmodels import GuestMemory, MemoryRegion
 from .defs import (
     VHOST_USER_GET_CONFIG,
     VHOST_USER_GET_FEATURES,
+    VHOST_USER_GET_INFLIGHT_FD,
     VHOST_USER_GET_PROTOCOL_FEATURES,
     VHOST_USER_GET_QUEUE_NUM,
     VHOST_USER_GET_VRING_BASE,
@@ -32,6 +33,8 @@ from .defs import (
     VHOST_USER_NEED_REPLY_MASK,
     VHOST_USER_REPLY_MASK,
     VHOST_USER_SET_FEATURES,
+    VHOST_USER_SET_INFLIGHT_FD,
+    VHOST_USER_SET_LOG_BASE,
     VHOST_USER_SET_MEM_TABLE,
     VHOST_USER_SET_OWNER,
     VHOST_USER_SET_PROTOCOL_FEATURES,
@@ -45,7 +48,8 @@ from .defs import (
 )
 from .layouts import HEADER, U64
 from .messages import Region, decode_vring_state, encode_config, encode_memory, encode_u64, encode_vring_addr
-from .messages import Message, decode_config, encode_vring_state
+from .messages import InflightArea, Message, decode_config, decode_inflight, encode_inflight, encode_log
+from .messages import encode_vring_state
 
 __all__ = ["FakeFrontEnd", "FrontEndError", "SharedRam", "USER_BASE"]
 
@@ -103,6 +107,7 @@ class FakeFrontEnd:
         self.kick_fds: dict[int, int] = {}
         self.call_fds: dict[int, int] = {}
         self._buf = bytearray()
+        self._fds: list[int] = []  # descriptors received with reply bytes not yet parsed
 
     # -- raw messages ------------------------------------------------------------------------
 
@@ -115,7 +120,8 @@ class FakeFrontEnd:
         self.sock.sendmsg([data], ancillary)
 
     def recv(self) -> Message:
-        """The next reply.
+        """The next reply, with the descriptors that came with its bytes (the caller owns
+        them: ``Message.fds``).
 
         Raises:
             FrontEndError: none within the timeout, the connection closed, or a bad header.
@@ -129,13 +135,19 @@ class FakeFrontEnd:
                     raise FrontEndError(f"reply announces {size} bytes")
                 end = VHOST_USER_HDR_SIZE + size
                 if len(self._buf) >= end:
-                    message = Message(request, flags, bytes(self._buf[VHOST_USER_HDR_SIZE:end]))
+                    message = Message(request, flags, bytes(self._buf[VHOST_USER_HDR_SIZE:end]), self._fds)
+                    self._fds = []
                     del self._buf[:end]
                     return message
             ready, _, _ = select.select([self.sock], [], [], self.timeout)
             if not ready:
                 raise FrontEndError("no reply from the back-end")
-            chunk = self.sock.recv(65536)
+            chunk, ancdata, _flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                    self._fds.extend(fds)
             if not chunk:
                 raise FrontEndError("the back-end closed the connection")
             self._buf += chunk
@@ -248,6 +260,29 @@ class FakeFrontEnd:
         except BlockingIOError:
             return False
         return True
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> tuple[int, InflightArea]:
+        """GET_INFLIGHT_FD: the back-end's new inflight buffer (its descriptor, which the
+        caller owns, and its description).
+
+        Raises:
+            FrontEndError: no descriptor came, or more than one.
+        """
+        reply = self.call(VHOST_USER_GET_INFLIGHT_FD, encode_inflight(0, 0, num_queues, queue_size))
+        if len(reply.fds) != 1:
+            for fd in reply.fds:
+                os.close(fd)
+            raise FrontEndError(f"GET_INFLIGHT_FD reply carries {len(reply.fds)} descriptors")
+        return reply.fds[0], decode_inflight(reply)
+
+    def set_inflight_fd(self, fd: int, area: InflightArea) -> int:
+        """SET_INFLIGHT_FD with a buffer the caller keeps (a copy of ``fd`` is sent); the ack."""
+        return self.ack(VHOST_USER_SET_INFLIGHT_FD,
+                        encode_inflight(area.size, area.offset, area.num_queues, area.queue_size), [fd])
+
+    def set_log_base(self, fd: int, size: int, offset: int = 0) -> Message:
+        """SET_LOG_BASE with a log the caller keeps; the back-end's reply (always sent)."""
+        return self.call(VHOST_USER_SET_LOG_BASE, encode_log(size, offset), [fd])
 
     def get_vring_base(self, index: int) -> int:
         """GET_VRING_BASE (stops the ring)."""

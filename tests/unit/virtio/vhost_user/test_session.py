@@ -24,7 +24,7 @@ from virtio.vhost_user.defs import (
     VHOST_USER_REM_MEM_REG,
     VHOST_USER_RESET_DEVICE,
     VHOST_USER_SET_FEATURES,
-    VHOST_USER_SET_LOG_BASE,
+    VHOST_USER_SET_LOG_FD,
     VHOST_USER_SET_MEM_TABLE,
     VHOST_USER_SET_OWNER,
     VHOST_USER_SET_PROTOCOL_FEATURES,
@@ -180,9 +180,9 @@ def handshaken(served):
         (VHOST_USER_SET_VRING_BASE, encode_vring_state(0, 0x10000)),  # wider than 16 bits (split)
         (VHOST_USER_SET_VRING_ENABLE, encode_vring_state(0, 2)),
         (VHOST_USER_SET_VRING_NUM, encode_vring_state(0, 64) + b"\0"),  # size
-        (VHOST_USER_SET_VRING_ADDR, encode_vring_addr(0, 0x1000, 0x2000, 0x3000, flags=1)),  # logging
+        (VHOST_USER_SET_VRING_ADDR, encode_vring_addr(0, 0x1000, 0x2000, 0x3000, flags=2)),  # undefined flag
         (VHOST_USER_SET_FEATURES, encode_u64(1 << 63)),  # never offered
-        (VHOST_USER_SET_LOG_BASE, encode_u64(0)),  # not supported
+        (VHOST_USER_SET_LOG_FD, encode_u64(0)),  # no descriptor
         (VHOST_USER_SET_VRING_CALL, encode_u64(0x1_0000)),  # reserved bits
     ],
 )
