@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                    "fio in a QEMU 11.1 guest: devmodels virtio-blk on our virtio-pci over vfio-user vs virtio-blk-pci"),
     "paradigms": ("bench.paradigms", "main",
                   "emulation vs paravirtualization with our devices over vfio-user: e1000/virtio-net, AHCI/virtio-blk"),
+    "vfio-user": ("bench.vfio_user_cost", "main",
+                  "what one vfio-user message costs our server: CPU per read and posted write, round trip"),
     "kvm": ("bench.kvm", "main", "our devices in KVM in process: exits/s, kick vs hand-off, MSI paths, in-process vs vfio-user"),
 }
 

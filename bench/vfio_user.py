@@ -23,7 +23,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +66,10 @@ class Served:
 
 
 def serve(stack: contextlib.ExitStack, work: Path, name: str, device: str, backends: Sequence[str] = (),
-          opts: Sequence[str] = (), *, profile: Path | None = None, pass_fds: Sequence[int] = ()) -> Served:
-    """Start our server for ``device`` (rule 1); it is ended when ``stack`` closes.
+          opts: Sequence[str] = (), *, profile: Path | None = None, pass_fds: Sequence[int] = (),
+          env: Mapping[str, str] | None = None) -> Served:
+    """Start our server for ``device`` (rule 1), with ``env`` added to its environment; it is
+    ended when ``stack`` closes.
 
     Raises:
         BenchFailure: the server exited or did not listen within a minute.
@@ -83,7 +85,7 @@ def serve(stack: contextlib.ExitStack, work: Path, name: str, device: str, backe
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, *prefix, *argv], pass_fds=list(pass_fds), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, env=python_env())
+                                stdout=out, stderr=subprocess.STDOUT, env={**python_env(), **(env or {})})
     stack.callback(end_process, proc, 30.0)
     deadline = time.monotonic() + _LISTEN_TIMEOUT
     while not sock.exists():

@@ -58,3 +58,18 @@ def test_a_server_that_cannot_start_fails_the_bench_with_its_log(tmp_path: Path)
     with contextlib.ExitStack() as stack, pytest.raises(common.BenchFailure, match="exited with status 2") as exc:
         serve(stack, tmp_path, "ours", "testdev", backends=["file:/nonexistent"])
     assert "testdev takes no --backend" in exc.value.detail
+
+
+def test_bench_vfio_user_measures_reads_and_posted_writes_against_the_real_server(tmp_path: Path) -> None:
+    from bench.vfio_user_cost import framing_cost, measure
+
+    result = measure(200, 16, tmp_path)
+    assert result["read"]["messages"] == 200  # each read one message, nothing else on the wire
+    assert result["posted"]["messages"] == 200 + 200 // 16  # the posted writes and the reads that drain them
+    for kind in ("read", "posted"):
+        row = result[kind]
+        assert row["server_cpu_us_per_message"] == pytest.approx(row["user_us_per_message"] + row["system_us_per_message"])
+    assert result["read"]["round_trip_us"] > 0 and "round_trip_us" not in result["posted"]
+    assert result["implementations"]["passthrough.user.framing"] in ("python", "cython")
+    framing = framing_cost(repeats=2, batch=10)
+    assert "python" in framing and all(row["recv_us"] > 0 and row["send_us"] > 0 for row in framing.values())
