@@ -132,7 +132,7 @@ def measure(count: int, window: int, work: Path, profile: Path | None = None,
                 request = _ACCESS.pack(_SCRATCH, 0, 4) + struct.pack("<I", 0x5A5A5A5A)
                 for i in range(count):
                     client.send(_REGION_WRITE, request, _NO_REPLY)
-                    if i % window == window - 1:
+                    if i % window == window - 1 or i == count - 1:  # the last read drains the rest
                         client.send(_REGION_READ, _ACCESS.pack(_ID, 0, 4))
                         client.recv()
             user1, sys1 = cpu_split(served.process.pid)
