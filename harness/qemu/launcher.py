@@ -14,6 +14,8 @@ Rules:
    /dev/kvm is a software nested hypervisor without vmx/svm, stock kernels do not boot).
 4. A wait is bounded: ``wait(timeout)`` kills QEMU when the timeout runs out, and kills it
    ``done_grace`` seconds after ``DEVMODELS-DONE`` if the guest failed to power off.
+5. ``qmp=PATH`` adds a QMP monitor on that UNIX socket (``-qmp unix:PATH,server=on,wait=off``);
+   ``qmp_client()`` connects to it (``harness.qemu.qmp``), e.g. to start a migration.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import IO, TYPE_CHECKING
 from devmodels import HostError, UsageError
 from ..guest._protocol import DONE_MARKER, TEST_PARAM, parse_checks
 from .binaries import QEMU_7_2, QemuBinary
+from .qmp import QmpClient
 
 if TYPE_CHECKING:
     from ..guest._image import GuestImage
@@ -156,6 +159,7 @@ class QemuLauncher:
         serial_log: also write the console to this file, line by line.
         on_line: called from the reader thread with every console line.
         done_grace: seconds QEMU may run on after ``DEVMODELS-DONE`` before it is killed.
+        qmp: a UNIX socket path for a QMP monitor (rule 5).
 
     Raises:
         UsageError: bad arguments (unknown accel, missing kernel or initrd).
@@ -178,6 +182,7 @@ class QemuLauncher:
         serial_log: Path | None = None,
         on_line: Callable[[str], None] | None = None,
         done_grace: float = 10.0,
+        qmp: Path | None = None,
     ) -> None:
         if accel not in ("tcg", "kvm", "auto"):
             raise UsageError(f"accel must be 'tcg', 'kvm' or 'auto', not {accel!r}")
@@ -198,6 +203,7 @@ class QemuLauncher:
         self.serial_log = serial_log
         self.on_line = on_line
         self.done_grace = done_grace
+        self.qmp = qmp
         self._proc: subprocess.Popen[bytes] | None = None
         self._t0 = 0.0
         self._t_exit: float | None = None
@@ -245,10 +251,23 @@ class QemuLauncher:
         if self.shared_memory:
             args += ["-object", f"memory-backend-memfd,id=sysmem-file,size={self.memory_mb}M,share=on",
                      "-numa", "node,memdev=sysmem-file"]
+        if self.qmp is not None:
+            args += ["-qmp", f"unix:{self.qmp},server=on,wait=off"]
         args += self.extra_args
         if isinstance(self.qemu, QemuBinary):
             return self.qemu.argv(args, binds=tuple(dict.fromkeys((self.kernel.parent.resolve(), self.initrd.parent.resolve()))))
         return [self.qemu, *args]
+
+    def qmp_client(self, timeout: float = 30.0) -> QmpClient:
+        """A QMP connection to this QEMU's monitor (rule 5).
+
+        Raises:
+            UsageError: the launcher was built without ``qmp``.
+            HostError: no QMP server answered within ``timeout``.
+        """
+        if self.qmp is None:
+            raise UsageError("this launcher has no QMP monitor (build it with qmp=PATH)")
+        return QmpClient.connect(self.qmp, timeout)
 
     @property
     def qemu_version(self) -> str:
