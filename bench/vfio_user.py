@@ -14,12 +14,18 @@ Rules:
    messages and BAR accesses, ``bench.common.MpqemuStats``) and its CPU time;
    ``qemu_cpu(pid, sides)`` samples the QEMU process's CPU time (all its threads: vCPU,
    I/O, the vfio-user client) as ``qemu_cpu_ns`` for every side it runs.
+4. ``exits(log)`` breaks a traced server's log (``env=TRACE_EXITS``) down into what each
+   message was: ``(kind, region, offset)`` for region accesses (kind ``read``, ``write``
+   or ``posted``), ``("command", NAME)`` for the other commands; between two of its stats
+   lines (``since``/``until``: their indexes) when asked, i.e. within one run.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +35,7 @@ from pathlib import Path
 
 from .common import Attachment, BenchFailure, MpqemuStats, ProcessCpu, end_process, python_env
 
-__all__ = ["VFIO_USER", "Served", "serve", "qemu_cpu", "QEMU_CPU", "SERVER_CPU"]
+__all__ = ["VFIO_USER", "Served", "serve", "qemu_cpu", "exits", "QEMU_CPU", "SERVER_CPU", "TRACE_EXITS"]
 
 VFIO_USER = Attachment("vfio-user", ("11.1",), "QEMU 11.1's vfio-user-pci to devmodels vfio-user, real interrupts")
 QEMU_CPU = "qemu_cpu_ns"
@@ -37,6 +43,10 @@ QEMU_CPU = "qemu_cpu_ns"
 SERVER_CPU = "cpu_ns"
 """Our server's CPU time, as ``MpqemuStats`` samples it."""
 _LISTEN_TIMEOUT = 60.0
+TRACE_EXITS = {"DEVMODELS_TRACE": "vfio_user.access,vfio_user.command"}
+"""``serve(..., env=TRACE_EXITS)``: the server logs every message and region access (rule 4)."""
+_ACCESS = re.compile(r"trace vfio_user\.access region=(\w+) offset=(\w+) count=(\w+) kind='?(\w+)")
+_COMMAND = re.compile(r"trace vfio_user\.command command='?([\w-]+)")
 
 
 @dataclass
@@ -95,6 +105,25 @@ def serve(stack: contextlib.ExitStack, work: Path, name: str, device: str, backe
             raise BenchFailure(f"devmodels vfio-user --device {device} {why}", side=name, detail=tail)
         time.sleep(0.05)
     return Served(name, sock, log, proc)
+
+
+def exits(log: str, since: int | None = None, until: int | None = None) -> collections.Counter[tuple[object, ...]]:
+    """What the messages of a traced server's log were (rule 4), optionally only between
+    its ``since``-th and ``until``-th stats lines."""
+    lines = log.splitlines()
+    marks = [i for i, line in enumerate(lines) if "vfio-user stats:" in line]
+    start = marks[since] if since is not None else 0
+    stop = marks[until] if until is not None else len(lines)
+    out: collections.Counter[tuple[object, ...]] = collections.Counter()
+    for line in lines[start:stop]:
+        access = _ACCESS.search(line)
+        if access is not None:
+            out[(access[4], int(access[1], 0), int(access[2], 0))] += 1  # the trace prints ints in hex
+            continue
+        command = _COMMAND.search(line)
+        if command is not None and command[1] not in ("REGION_READ", "REGION_WRITE"):
+            out[("command", command[1])] += 1
+    return out
 
 
 def qemu_cpu(pid: int | None, sides: Sequence[str]) -> ProcessCpu:

@@ -68,7 +68,9 @@ Rules:
     (``NO_REPLY``) region write.
 12. ``stats`` counts what the server handled (``ServerStats``: every message received,
     BAR and config accesses, posted writes, the DMA messages it sent), for stats lines
-    and benchmarks; a disconnect does not clear them.
+    and benchmarks; a disconnect does not clear them. The ``vfio_user.access`` trace event
+    names each region access (region, offset, count, read/write/posted): which registers
+    a driver's exits are.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ _tp_stream = trace.tracepoint("vfio_user.stream_error")
 _tp_device_error = trace.tracepoint("vfio_user.device_error")
 _tp_command = trace.tracepoint("vfio_user.command")
 _tp_dropped_write = trace.tracepoint("vfio_user.dropped_write")
+_tp_access = trace.tracepoint("vfio_user.access")  # every region access (rule 12), for exit breakdowns
 
 T = TypeVar("T", bound=tuple)
 
@@ -583,6 +586,8 @@ class VfioUserServer:
         self._check_access(request.region, request.offset, request.count)
         fn = self.function
         out = bytearray()
+        if _tp_access.on:
+            _tp_access.emit(region=request.region, offset=request.offset, count=request.count, kind="read")
         if request.region == VFIO_PCI_CONFIG_REGION_INDEX:
             self.stats.config_reads += 1
             for pos, size in access_pieces(request.offset, request.count, 4):
@@ -602,6 +607,9 @@ class VfioUserServer:
         self._check_access(request.region, request.offset, request.count)
         if message.no_reply:
             self.stats.posted_writes += 1
+        if _tp_access.on:
+            _tp_access.emit(region=request.region, offset=request.offset, count=request.count,
+                            kind="posted" if message.no_reply else "write")
         self._write(request.region, request.offset, data)
         return message.payload[: vfio_user_region_access.size], []
 

@@ -73,3 +73,29 @@ def test_bench_vfio_user_measures_reads_and_posted_writes_against_the_real_serve
     assert result["implementations"]["passthrough.user.framing"] in ("python", "cython")
     framing = framing_cost(repeats=2, batch=10)
     assert "python" in framing and all(row["recv_us"] > 0 and row["send_us"] > 0 for row in framing.values())
+
+
+def test_a_traced_server_says_what_each_exit_was(tmp_path: Path) -> None:
+    from bench.vfio_user import TRACE_EXITS, exits
+
+    with contextlib.ExitStack() as stack:
+        served = serve(stack, tmp_path, "ours", "testdev", env=TRACE_EXITS)
+        sampler = served.sampler("ours")
+        machine = Machine(ram_size=4 << 20, ram_backing="memfd")
+        device = VfioPciDevice(VfioUserClient.connect(str(served.socket), timeout=30))
+        stack.callback(device.close)
+        device.map_memory(machine.memory)
+        machine.add_pci(device)
+        info = next(i for i in machine.enumerate() if i.vendor_id == r.TESTDEV_VENDOR_ID)
+        bar0 = next(b.address for b in info.bars if b.index == 0)
+        assert bar0 is not None
+        sampler("ours", "job", 0, "begin")
+        for _ in range(3):
+            machine.mmio.read(bar0 + r.ID, 4)
+        machine.mmio.write(bar0 + r.SCRATCH, 4, 7)
+        sampler("ours", "job", 0, "end")
+        log = served.log.read_text()
+    run = exits(log, 0, 1)
+    assert run == {("read", 0, r.ID): 3, ("write", 0, r.SCRATCH): 1}
+    whole = exits(log)
+    assert whole[("command", "VERSION")] == 1 and whole[("read", 0, r.ID)] == 3
