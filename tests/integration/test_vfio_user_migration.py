@@ -7,6 +7,10 @@ import json
 
 import pytest
 
+from devmodels import HostError, to_dict
+from devmodels.backends import MemoryDiskBackend
+from devmodels.e1000 import E1000
+from devmodels.e1000 import regs as er
 from devmodels.testdev import PciTestDevice
 from devmodels.testdev import regs as r
 from passthrough.defs import (
@@ -29,7 +33,10 @@ from passthrough.defs import (
 from passthrough.errors import VfioUserError
 from passthrough.layouts import vfio_device_feature_mig_state, vfio_user_device_feature, vfio_user_mig_data
 from passthrough.user import DmaMemory, VfioUserClient, VfioUserServer
+from passthrough.user.migration import LEGACY_FORMAT
 from passthrough.user.testing import RawPeer, ServerThread
+from virtio.blk import VirtioBlkDevice
+from virtio.transport import VirtioPciFunction
 
 
 class Side:
@@ -178,3 +185,77 @@ def test_incoming_migration_data_is_bounded() -> None:
     assert reply.is_error and reply.error_no == errno.E2BIG
     peer.close()
     assert thread.join()
+
+
+# -- the snapshot contract through migration (issue 15) ---------------------------------------
+
+
+def test_stop_quiesces_the_device_before_its_state_is_saved() -> None:
+    """RUNNING -> STOP runs the device's posted work (state() refuses while any waits)."""
+    side = Side(lambda memory: E1000(memory, posted_writes=True))
+    try:
+        side.client.region_write(0, er.TDT, (0).to_bytes(4, "little"))  # posted: nothing has run it yet
+        assert side.device.posted
+        side.client.set_migration_state(VFIO_DEVICE_STATE_STOP)
+        assert not side.device.posted
+        assert json.loads(side.client.save_device_state())["kind"] == "e1000"
+    finally:
+        side.close()
+
+
+class _Stuck(PciTestDevice):
+    def quiesce(self) -> None:
+        raise HostError("a backend never completes")
+
+
+def test_a_device_that_cannot_quiesce_fails_the_stop_arc() -> None:
+    side = Side(_Stuck)
+    try:
+        with pytest.raises(VfioUserError) as info:
+            side.client.set_migration_state(VFIO_DEVICE_STATE_STOP)
+        assert info.value.errno == errno.EIO
+        assert side.client.migration_state() == VFIO_DEVICE_STATE_ERROR
+    finally:
+        side.close()
+
+
+def _legacy(state: dict, device: str) -> bytes:
+    """A migration document as the server wrote it before states carried args."""
+    return json.dumps({"format": LEGACY_FORMAT, "version": 1, "device": device, "state": state}).encode()
+
+
+def _without_args(state: dict) -> dict:
+    out = {k: _without_args(v) if isinstance(v, dict) else v for k, v in state.items() if k != "args"}
+    if "args" in state:
+        out["version"] = 1
+    return out
+
+
+def test_documents_of_the_earlier_format_still_load() -> None:
+    source, destination = Side(lambda memory: E1000(memory)), Side(lambda memory: E1000(memory))
+    try:
+        source.client.region_write(0, er.RDTR, (0x55).to_bytes(4, "little"))
+        source.device.quiesce()
+        state = to_dict(source.device.state())
+        destination.client.load_device_state(_legacy(_without_args(state), "E1000"))
+        assert to_dict(destination.device.state()) == state
+        with pytest.raises(VfioUserError):
+            destination.client.load_device_state(_legacy(_without_args(state), "PciTestDevice"))
+    finally:
+        source.close()
+        destination.close()
+
+
+def test_earlier_virtio_documents_load_with_the_nested_device_section() -> None:
+    def function(memory):  # type: ignore[no-untyped-def]
+        return VirtioPciFunction(VirtioBlkDevice(memory, MemoryDiskBackend(1 << 20)))
+
+    source, destination = Side(function), Side(function)
+    try:
+        state = to_dict(source.device.state())
+        assert state["device"]["device"]["args"]["num_queues"] == 1
+        destination.client.load_device_state(_legacy(_without_args(state), "VirtioPciFunction"))
+        assert to_dict(destination.device.state()) == state
+    finally:
+        source.close()
+        destination.close()
