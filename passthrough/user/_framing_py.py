@@ -181,7 +181,8 @@ class MessageSocket:
             head = bytearray()
             while len(head) < HEADER_SIZE:
                 chunk, more, cut = self._recv_some(HEADER_SIZE - len(head))
-                truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
+                if more or cut:
+                    truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
                 if not chunk:
                     if not head and not fds:
                         return None
@@ -201,7 +202,8 @@ class MessageSocket:
             pos = 0
             while pos < length:
                 count, more, cut = self._recv_into(view[pos:])
-                truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
+                if more or cut:
+                    truncated |= add_fds_bounded(fds, more, self.max_fds) | cut
                 if count == 0:
                     raise VfioUserDisconnectedError("vfio-user peer closed the connection inside a message")
                 pos += count
