@@ -9,6 +9,10 @@ Layout (Q35-like):
 - 32-bit PCI memory window 0xC000_0000–0xFEBF_FFFF; 64-bit window at 0x80_0000_0000;
 - port I/O: 0xCF8–0xCFF config ports, PCI I/O window 0xC000–0xFFFF.
 
+PCI addresses: ``add_pci`` returns the ``Slot`` it used; the config-cycle methods take a
+devfn and read a ``Slot`` as its function 0 (``devmodels.pci.as_devfn``), so the slot
+``add_pci`` returned can be passed on as it is. ``devfn_of(function)`` gives the devfn.
+
 INTx of slot S pin P (1..4) is swizzled to GSI 16 + (S + P - 1) mod 4, as the Q35
 firmware tables route it. MSI messages are recorded and handed to ``on_msi`` callbacks.
 """
@@ -22,7 +26,7 @@ from ._bus import PIO_LIMIT, Bus
 from ._errors import GuestMemoryError, UsageError
 from ._irq import IrqLine, LevelSink, MsiMessage
 from ._memory import GuestMemory, MemoryRegion
-from .pci import ConfigPorts, Ecam, FunctionInfo, PciFunction, PciHost, Window, enumerate_bus0
+from .pci import ConfigPorts, DevFn, Ecam, FunctionInfo, PciFunction, PciHost, Slot, Window, as_devfn, enumerate_bus0
 from .pci._host import PCI_CONFIG_ADDRESS_PORT
 
 __all__ = ["Machine", "InterruptController", "ECAM_BASE", "MMIO32_WINDOW", "MMIO64_WINDOW", "PIO_WINDOW"]
@@ -146,20 +150,40 @@ class Machine:
     def _route_intx(self, slot: int, pin: int) -> LevelSink:
         return self.irq.line(pci_intx_gsi(slot, pin)).source()
 
-    def add_pci(self, function: PciFunction, slot: int | None = None) -> int:
-        """Plug ``function`` at ``slot`` (function 0) or the first free slot; return the slot."""
-        at = self.pci.plug(function, None if slot is None else slot << 3)
-        return at >> 3
+    def add_pci(self, function: PciFunction, slot: int | None = None) -> Slot:
+        """Plug ``function`` at ``slot`` (function 0) or the first free slot; return the slot.
+
+        The ``Slot`` returned is an ``int`` that the config-cycle methods and the driver
+        simulators read as function 0 of that slot (``slot.devfn`` is its devfn).
+
+        Raises:
+            UsageError: ``function`` is not a ``PciFunction``, the slot is out of range or
+                taken, or no slot is free.
+        """
+        if not isinstance(function, PciFunction):
+            raise UsageError(f"add_pci: function must be a PciFunction, got {type(function).__name__}")
+        at = self.pci.plug(function, None if slot is None else Slot(slot).devfn)
+        return at.slot
+
+    def devfn_of(self, function: PciFunction) -> DevFn:
+        """The devfn ``function`` is plugged at on bus 0.
+
+        Raises:
+            UsageError: it is not plugged.
+        """
+        return self.pci.devfn_of(function)
 
     # -- config cycles through the legacy ports (what a guest does) -----------------------
 
     def config_read(self, bus: int, devfn: int, offset: int, size: int) -> int:
-        """A config read via 0xCF8/0xCFC."""
+        """A config read via 0xCF8/0xCFC (a ``Slot`` means its function 0)."""
+        devfn = as_devfn(devfn)
         self.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 1 << 31 | bus << 16 | devfn << 8 | (offset & 0xFC))
         return self.pio.read(0xCFC + (offset & 3), size)
 
     def config_write(self, bus: int, devfn: int, offset: int, size: int, value: int) -> None:
-        """A config write via 0xCF8/0xCFC."""
+        """A config write via 0xCF8/0xCFC (a ``Slot`` means its function 0)."""
+        devfn = as_devfn(devfn)
         self.pio.write(PCI_CONFIG_ADDRESS_PORT, 4, 1 << 31 | bus << 16 | devfn << 8 | (offset & 0xFC))
         self.pio.write(0xCFC + (offset & 3), size, value)
 

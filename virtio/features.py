@@ -27,7 +27,7 @@ from devmodels._trace import tracepoint
 from . import defs as _defs
 from .defs import VIRTIO_F_VERSION_1, VIRTIO_FEATURE_BITS
 
-__all__ = ["Features", "feature_names", "bit"]
+__all__ = ["Features", "feature_names", "bit", "feature_mask"]
 
 _WINDOWS = VIRTIO_FEATURE_BITS // 32
 _MASK = (1 << VIRTIO_FEATURE_BITS) - 1
@@ -38,6 +38,23 @@ _tp_dropped = tracepoint("virtio.features_dropped")
 def bit(number: int) -> int:
     """The mask of feature bit ``number`` (``bit(VIRTIO_F_VERSION_1) == 1 << 32``)."""
     return 1 << number
+
+
+def feature_mask(*numbers: int) -> int:
+    """The mask of feature bits ``numbers``: ``VIRTIO_F_*`` and the device ``*_F_*``
+    constants are bit numbers (§2.2), and every argument that takes features is a mask.
+
+    ``feature_mask(VIRTIO_F_VERSION_1, VIRTIO_F_RING_PACKED) == 1 << 32 | 1 << 34``.
+
+    Raises:
+        UsageError: a number is not a feature bit (0..127).
+    """
+    mask = 0
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < VIRTIO_FEATURE_BITS:
+            raise UsageError(f"feature bit numbers are 0..{VIRTIO_FEATURE_BITS - 1}, got {number!r}")
+        mask |= 1 << number
+    return mask
 
 
 class Features:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from .._errors import UsageError
 from .._memory import GuestMemory
+from ..testing import DriverError
 from . import defs as d
 from . import regs as r
 from .fis import TaskFile, build_h2d
@@ -39,8 +40,9 @@ DEFAULT_PORT_IRQ = (
 _TABLE_SIZE = 0x80 + 64 * r.PRDT_ENTRY_SIZE  # room for 64 PRD entries per slot
 
 
-class DriverTimeout(Exception):
-    """A bounded wait ran out (the device did not do what the spec says it will)."""
+class DriverTimeout(DriverError):
+    """A bounded wait ran out (the device did not do what the spec says it will); a
+    ``devmodels.testing.DriverError``."""
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from .._errors import UsageError
 from .._memory import GuestMemory
 from ..pci import FunctionInfo
+from ..testing import DriverError as _DriverError
 from .._trace import tracepoint
 from ..pci import defs
 from . import regs as r
@@ -100,8 +102,9 @@ class MachineLike(Protocol):
         ...
 
 
-class DriverError(AssertionError):
-    """The device did not behave as the driver expects (what Linux would log and fail on)."""
+class DriverError(_DriverError):
+    """The device did not behave as the driver expects (what Linux would log and fail on);
+    a ``devmodels.testing.DriverError``."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class E1000Driver:
         dma_base: int = 0x10_0000,
     ) -> None:
         if tx_ring % 8 or rx_ring % 8 or not tx_ring or not rx_ring:
-            raise ValueError("ring sizes must be non-zero multiples of 8")
+            raise UsageError(f"ring sizes must be non-zero multiples of 8, got tx_ring={tx_ring} rx_ring={rx_ring}")
         self.machine = machine
         self.device = device
         self.tx_count = tx_ring

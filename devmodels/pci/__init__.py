@@ -5,6 +5,7 @@ serves them through a proxy) and reaches them with config cycles and BAR accesse
 """
 
 from . import defs
+from ._address import DevFn, Slot, as_devfn
 from ._caps import CapabilityList
 from ._config import ConfigSpace
 from ._firmware import BarInfo, ConfigAccess, FunctionInfo, Window, enumerate_bus0
@@ -15,6 +16,9 @@ from ._msix import MsixCapability
 
 __all__ = [
     "defs",
+    "DevFn",
+    "Slot",
+    "as_devfn",
     "CapabilityList",
     "ConfigSpace",
     "BarInfo",

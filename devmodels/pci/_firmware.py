@@ -35,6 +35,7 @@ from .defs import (
     PCI_VENDOR_ID,
 )
 from .._errors import UsageError
+from ._address import DevFn
 
 __all__ = ["ConfigAccess", "BarInfo", "FunctionInfo", "Window", "enumerate_bus0"]
 
@@ -85,7 +86,7 @@ class BarInfo:
 class FunctionInfo:
     """A function found on bus 0."""
 
-    devfn: int
+    devfn: DevFn
     vendor_id: int
     device_id: int
     class_code: int
@@ -154,7 +155,7 @@ def enumerate_bus0(
                     break
                 continue
             info = FunctionInfo(
-                devfn=at,
+                devfn=DevFn(at),
                 vendor_id=vendor,
                 device_id=cfg.config_read(0, at, PCI_DEVICE_ID, 2),
                 class_code=cfg.config_read(0, at, PCI_CLASS_PROG, 4) & 0xFF_FFFF,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ._address import DevFn, as_devfn
 from ._function import Bar, PciFunction
 from .._bus import Bus, BusMapping
 from .._errors import UsageError
@@ -36,11 +37,9 @@ _tp_map = tracepoint("pci.bar_map")
 IntxRouter = Callable[[int, int], LevelSink]
 
 
-def devfn(device: int, function: int = 0) -> int:
+def devfn(device: int, function: int = 0) -> DevFn:
     """Pack device (0–31) and function (0–7) numbers."""
-    if not (0 <= device < 32 and 0 <= function < 8):
-        raise UsageError(f"device {device} function {function} out of range")
-    return device << 3 | function
+    return DevFn.of(device, function)
 
 
 class HostBridge(PciFunction):
@@ -93,8 +92,9 @@ class PciHost:
 
     # -- hot plug -------------------------------------------------------------------------
 
-    def plug(self, function: PciFunction, at: int | None = None) -> int:
-        """Put ``function`` at ``at`` (a devfn) or the first free slot; return the devfn.
+    def plug(self, function: PciFunction, at: int | None = None) -> DevFn:
+        """Put ``function`` at ``at`` (a devfn, or a ``Slot`` for its function 0) or the first
+        free slot; return the devfn.
 
         Raises:
             UsageError: the slot is taken, no slot is free, or the function is plugged.
@@ -106,8 +106,9 @@ class PciHost:
             if not free:
                 raise UsageError("no free slot on bus 0")
             at = free[0]
-        if not 0 <= at < 256 or at in self.functions:
-            raise UsageError(f"devfn {at:#x} is taken or out of range")
+        at = as_devfn(at)
+        if at in self.functions:
+            raise UsageError(f"devfn {at:#x} ({at >> 3:02x}.{at & 7}) is taken")
         function.realize()
         pin = function.config.get(0x3D, 1)
         function.intx = self.intx_router(at >> 3, pin) if pin else NullLevelSink()
@@ -132,11 +133,11 @@ class PciHost:
         function.msi_sink = NullMsiSink()
         self._retry_unmapped()
 
-    def devfn_of(self, function: PciFunction) -> int:
+    def devfn_of(self, function: PciFunction) -> DevFn:
         """The devfn ``function`` is plugged at."""
         for at, fn in self.functions.items():
             if fn is function:
-                return at
+                return DevFn(at)
         raise UsageError(f"{function!r} is not plugged")
 
     # -- config access --------------------------------------------------------------------

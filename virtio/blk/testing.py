@@ -1,14 +1,20 @@
-"""A guest-side virtio-blk driver simulator, and a generic device bring-up (STYLE 22).
+"""A guest-side virtio-blk driver simulator over any transport (CONVENTIONS: simulators).
 
-``bring_up`` plays the §3.1.1 driver initialization against any ``VirtioDevice`` through
-its transport-neutral entry points (status, feature windows, queue programming) and
-returns one ring simulator (``virtio.testing``) per queue. ``BlkDriver`` builds on it: it
-forms virtio-blk requests (any framing, any layout of header, data and status),
-notifies the device, and reaps the results.
+``BlkDriver`` initializes a virtio-blk device with ``virtio.testing.bring_up`` through a
+transport driver (``PciDriver``, ``MmioDriver``, or ``DirectDriver`` straight to the device),
+forms requests (any framing, any layout of header, data and status), notifies the device
+through the transport, lets the VMM's part run (``TransportDriver.poll``/``settle``) and
+reaps the results::
 
-Rules: the simulators only write what a driver writes (rings, request buffers, device
-registers through the device's entry points); ``raw`` layouts are there to build
-malformed requests on purpose.
+    function = VirtioPciFunction(VirtioBlkDevice(machine.memory, MemoryDiskBackend(1 << 20)))
+    machine.add_pci(function)
+    machine.enumerate()
+    blk = BlkDriver(PciDriver.for_function(machine, function))
+    blk.write(0, bytes(512))
+
+Rules: the simulator only writes what a driver writes (rings, request buffers, device
+registers through the transport); ``raw`` layouts are there to build malformed requests on
+purpose. The generic bring-up lives in ``virtio.testing`` (``bring_up``, ``negotiate``).
 """
 
 from __future__ import annotations
@@ -17,71 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from devmodels import UsageError
+from devmodels import GuestMemory
+from devmodels.testing import DriverError
 
-from ..defs import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED
-from ..device import QueueArea, VirtioDevice
-from ..testing import PackedDriver, SplitDriver, UsedBuffer, make_driver
+from ..device import VirtioDevice
+from ..testing import TransportDriver, UsedBuffer, as_transport, bring_up
 from .defs import VIRTIO_BLK_REQ_HDR_SIZE, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT
 from .layouts import VIRTIO_BLK_REQ_HDR
 
-__all__ = ["bring_up", "negotiate", "BlkDriver", "BlkResult"]
-
-RingDriver = SplitDriver | PackedDriver
-
-
-def negotiate(device: VirtioDevice, accept: int | None = None) -> bool:
-    """Steps 1–6 of §3.1.1: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK.
-
-    ``accept`` defaults to everything offered. Returns whether FEATURES_OK stuck.
-    """
-    offered = device.features.offered
-    wanted = offered if accept is None else accept
-    device.write_status(0)
-    device.write_status(ACKNOWLEDGE)
-    device.write_status(ACKNOWLEDGE | DRIVER)
-    for select in range(4):
-        device.driver_feature_select = select
-        device.write_driver_features((wanted >> (32 * select)) & 0xFFFF_FFFF)
-    device.write_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)
-    return bool(device.status & FEATURES_OK)
-
-
-def bring_up(
-    device: VirtioDevice,
-    *,
-    accept: int | None = None,
-    queues: Sequence[int] | None = None,
-    queue_size: int | None = None,
-    base: int = 0x10000,
-    data_size: int = 1 << 20,
-) -> list[RingDriver]:
-    """Initialize ``device`` (§3.1.1) and set up ``queues`` (default: all) with ring simulators.
-
-    Rings and their data arenas are laid out from ``base``, one after another.
-
-    Raises:
-        UsageError: the device refused the features.
-    """
-    if not negotiate(device, accept):
-        raise UsageError(f"{device.name} refused features {device.features.driver:#x}")
-    packed = device.has_feature(VIRTIO_F_RING_PACKED)
-    event_idx = device.has_feature(VIRTIO_F_EVENT_IDX)
-    drivers: list[RingDriver] = []
-    cursor = base
-    for index in range(device.num_queues) if queues is None else queues:
-        size = queue_size or device.queue_max_size(index)
-        driver = make_driver(device.memory, size, packed=packed, base=cursor, data_size=data_size, event_idx=event_idx)
-        cursor = (driver.data_end + 0xFFF) & ~0xFFF
-        device.set_queue_size(index, size)
-        for area, address in enumerate((driver.layout.desc_addr, driver.layout.driver_addr, driver.layout.device_addr)):
-            device.write_queue_address(index, area, 0, address & 0xFFFF_FFFF)
-            device.write_queue_address(index, area, 1, address >> 32)
-        device.set_queue_ready(index, True)
-        drivers.append(driver)
-    assert QueueArea.DESC == 0  # the enumerate above relies on the area order
-    device.write_status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK)
-    return drivers
+__all__ = ["BlkDriver", "BlkResult"]
 
 
 @dataclass
@@ -95,27 +45,34 @@ class BlkResult:
 
 
 class BlkDriver:
-    """A virtio-blk guest driver over ``bring_up`` (requests, notifications, reaping).
+    """A virtio-blk guest driver over any transport (requests, notifications, reaping).
 
     Args:
-        device: the virtio-blk device (``VirtioBlkDevice`` or any device with its queues).
-        accept: features to accept (default: everything offered).
+        transport: a transport driver (``virtio.transport.testing.PciDriver`` or
+            ``MmioDriver``, ``virtio.testing.DirectDriver``), or the device itself (driven
+            through a ``DirectDriver``).
+        accept: features to accept, a mask (default: everything offered;
+            ``virtio.features.feature_mask`` builds one from bit numbers).
         queue_size: ring size (default: the device's maximum).
         data_size: bytes of data arena per queue.
+        base: guest address where the rings and arenas are laid out.
+
+    Raises:
+        FeaturesRefused: the device refused ``accept`` (with its reason).
     """
 
     def __init__(
         self,
-        device: VirtioDevice,
+        transport: TransportDriver | VirtioDevice,
         *,
         accept: int | None = None,
         queue_size: int | None = None,
         data_size: int = 1 << 20,
         base: int = 0x10000,
     ) -> None:
-        self.device = device
-        self.memory = device.memory
-        self.rings = bring_up(device, accept=accept, queue_size=queue_size, data_size=data_size, base=base)
+        self.transport = as_transport(transport)
+        self.memory: GuestMemory = self.transport.memory
+        self.rings = bring_up(self.transport, accept=accept, queue_size=queue_size, data_size=data_size, base=base)
         self.notifications = 0
         self._next_token = 0
 
@@ -169,12 +126,12 @@ class BlkDriver:
         return token
 
     def kick(self, queue: int = 0) -> bool:
-        """Publish the placed requests and notify the device if the ring asks for it."""
+        """Publish the placed requests and notify the device if the ring asks for it
+        (then let the VMM run the device's posted work: ``TransportDriver.poll``)."""
         if self.rings[queue].kick():
             self.notifications += 1
-            self.device.notify_queue(queue)
-            while self.device.run_pending():
-                pass
+            self.transport.notify(queue)
+            self.transport.poll()
             return True
         return False
 
@@ -183,10 +140,8 @@ class BlkDriver:
         return [self._result(buffer) for buffer in self.rings[queue].reap()]
 
     def complete(self, queue: int = 0) -> list[BlkResult]:
-        """Let the device finish everything in flight (``drain``) and reap."""
-        drain = getattr(self.device, "drain", None)
-        if drain is not None:
-            drain()
+        """Let the device finish everything in flight (``TransportDriver.settle``) and reap."""
+        self.transport.settle()
         return self.reap(queue)
 
     def _result(self, buffer: UsedBuffer) -> BlkResult:
@@ -223,11 +178,11 @@ class BlkDriver:
         self.kick(queue)
         results = self.complete(queue)
         if len(results) != 1:
-            raise UsageError(f"expected one completion, got {len(results)}")
+            raise DriverError(f"expected one completion on queue {queue}, got {len(results)}")
         return results[0]
 
 
-def _read(memory: Any, segments: Sequence[tuple[int, int]], count: int) -> bytes:
+def _read(memory: GuestMemory, segments: Sequence[tuple[int, int]], count: int) -> bytes:
     out = bytearray()
     for gpa, length in segments:
         take = min(length, count - len(out))
@@ -262,4 +217,5 @@ def _lengths(total: int, piece: int) -> list[int]:
     return [min(piece, total - start) for start in range(0, total, piece)]
 
 
-assert VIRTIO_BLK_REQ_HDR.size == VIRTIO_BLK_REQ_HDR_SIZE
+if VIRTIO_BLK_REQ_HDR.size != VIRTIO_BLK_REQ_HDR_SIZE:  # pragma: no cover - a layout typo
+    raise ImportError("VIRTIO_BLK_REQ_HDR does not match VIRTIO_BLK_REQ_HDR_SIZE")

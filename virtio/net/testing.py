@@ -1,7 +1,8 @@
-"""A guest-side virtio-net driver simulator (STYLE 22).
+"""A guest-side virtio-net driver simulator over any transport (CONVENTIONS: simulators).
 
-``NetDriver`` initializes a ``VirtioNetDevice`` with ``virtio.blk.testing.bring_up``, keeps
-its receive queues stocked with buffers, transmits frames (with any header and any split
+``NetDriver`` initializes a virtio-net device with ``virtio.testing.bring_up`` through a
+transport driver (``PciDriver``, ``MmioDriver``, or the device directly), keeps its
+receive queues stocked with buffers, transmits frames (with any header and any split
 into descriptors), collects received packets (joining MRG_RXBUF buffers as
 ``num_buffers`` says) and issues control-queue commands.
 
@@ -16,10 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..blk.testing import bring_up
-from ..testing import DeviceProtocolError
+from devmodels import GuestMemory
+
+from ..device import VirtioDevice
+from ..testing import DeviceProtocolError, TransportDriver, UsedBuffer, as_transport, bring_up
 from .defs import VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_SIZE
-from .layouts import VIRTIO_NET_HDR
+from .layouts import VIRTIO_NET_HDR, virtio_net_config
+
+_MAX_PAIRS_OFFSET = virtio_net_config.subcons[0].sizeof() + virtio_net_config.subcons[1].sizeof()
+"""Offset of ``max_virtqueue_pairs`` in ``struct virtio_net_config`` (§5.1.4)."""
 
 __all__ = ["NetDriver", "RxPacket"]
 
@@ -35,11 +41,12 @@ class RxPacket:
 
 
 class NetDriver:
-    """The driver of a ``VirtioNetDevice``.
+    """The driver of a virtio-net device, over any transport.
 
     Args:
-        device: the device.
-        accept: features to accept (default: all offered).
+        transport: a transport driver (``PciDriver``, ``MmioDriver``, ``DirectDriver``) or
+            the device itself (driven through a ``DirectDriver``).
+        accept: features to accept, a mask (default: all offered).
         rx_buffers: receive buffers kept posted per receive queue.
         rx_buffer_size: bytes per receive buffer (default 1526, or 2048 with MRG_RXBUF).
         queue_size: ring size (default: the device's maximum).
@@ -47,7 +54,7 @@ class NetDriver:
 
     def __init__(
         self,
-        device: Any,
+        transport: TransportDriver | VirtioDevice,
         *,
         accept: int | None = None,
         rx_buffers: int = 16,
@@ -55,17 +62,23 @@ class NetDriver:
         queue_size: int | None = None,
         data_size: int = 1 << 20,
     ) -> None:
-        self.device = device
-        self.memory = device.memory
-        self.rings = bring_up(device, accept=accept, queue_size=queue_size, data_size=data_size)
-        self.mergeable = device.has_feature(VIRTIO_NET_F_MRG_RXBUF)
-        self.pairs = device.max_pairs if device.has_feature(VIRTIO_NET_F_MQ) else 1
-        self.ctrl_index = 2 * self.pairs if device.has_feature(VIRTIO_NET_F_CTRL_VQ) else None
+        self.transport = as_transport(transport)
+        self.device: Any = transport if isinstance(transport, VirtioDevice) else None
+        """The device, when it was given directly (tests reach its VMM-side methods)."""
+        self.memory: GuestMemory = self.transport.memory
+        self.rings = bring_up(self.transport, accept=accept, queue_size=queue_size, data_size=data_size)
+        self.features = self.transport.negotiated
+        self.mergeable = self._has(VIRTIO_NET_F_MRG_RXBUF)
+        self.pairs = self.transport.read_config(_MAX_PAIRS_OFFSET, 2) if self._has(VIRTIO_NET_F_MQ) else 1
+        self.ctrl_index = 2 * self.pairs if self._has(VIRTIO_NET_F_CTRL_VQ) else None
         self.rx_buffer_size = rx_buffer_size or (2048 if self.mergeable else 1526)
         self.rx_buffers = rx_buffers
-        self._partial: list[list[Any]] = [[] for _ in range(self.pairs)]
+        self._partial: list[list[UsedBuffer]] = [[] for _ in range(self.pairs)]
         for pair in range(self.pairs):
             self.post_rx(pair, rx_buffers)
+
+    def _has(self, number: int) -> bool:
+        return bool(self.features >> number & 1)
 
     # -- receive ---------------------------------------------------------------------------------
 
@@ -78,7 +91,7 @@ class NetDriver:
             pieces = [size] if not split else [min(split, size - i) for i in range(0, size, split)]
             ring.add((), pieces)
         if ring.kick():
-            self.device.notify_queue(2 * pair)
+            self.transport.notify(2 * pair)
 
     def received(self, pair: int = 0, *, repost: bool = True) -> list[RxPacket]:
         """Packets the device delivered on receive queue ``pair`` (reposting the buffers)."""
@@ -132,7 +145,7 @@ class NetDriver:
                 readable.append(packet[pos:])
         ring.add([r for r in readable if r != b""], (), indirect=indirect)
         if ring.kick():
-            self.device.notify_queue(2 * pair + 1)
+            self.transport.notify(2 * pair + 1)
             return True
         return False
 
@@ -149,7 +162,7 @@ class NetDriver:
         ring = self.rings[self.ctrl_index]
         ring.add([struct.pack("BB", klass, command) + data], [ack_len] if ack_len else [])
         if ring.kick():
-            self.device.notify_queue(self.ctrl_index)
+            self.transport.notify(self.ctrl_index)
         (buffer,) = ring.reap()
         if buffer.written == 0:
             return None

@@ -9,37 +9,50 @@ guest does, in-process:
   field (``xor``), a device-changed one (``link``) and supports queue reset.
 - ``PciDriver`` / ``MmioDriver``: what a guest driver does with the transport registers
   (the §3.1.1 initialization, queue setup, notifications, interrupt acknowledgement),
-  reached only through config cycles and MMIO on a ``devmodels.Machine``. Ring contents are
-  the business of the ring simulator in ``virtio.testing``.
+  reached only through config cycles and MMIO on a ``devmodels.Machine``. They are
+  ``virtio.testing.TransportDriver`` s, so ``virtio.testing.bring_up`` and the device
+  simulators (``BlkDriver``, ``NetDriver``) run over them. Ring contents are the business
+  of the ring simulators in ``virtio.testing``.
 
-Rules: the drivers use only what a guest sees (config space, BARs, the MMIO window); they
-never look inside the device objects.
+Rules:
+
+1. The drivers use only what a guest sees (config space, BARs, the MMIO window); they
+   never look inside the device objects. The one VMM-side object they may hold is the
+   ``served`` function or transport whose posted work ``poll`` runs (``virtio.testing``
+   rule 5).
+2. A PCI function is addressed by devfn; the ``Slot`` that ``Machine.add_pci`` returns is
+   read as its function 0 (``devmodels.pci.as_devfn``), and ``PciDriver.for_function``
+   finds the devfn itself.
+3. What the caller got wrong (no function at the address, not a virtio device, BARs not
+   assigned) raises ``UsageError``; a device that breaks the transport specification (a
+   required capability missing) raises ``DeviceProtocolError``. Never ``assert``.
 """
 
 from __future__ import annotations
 
-import abc
 from typing import Any
 
 import construct as cs
 
-from devmodels import GuestMemory, GuestMemoryError, Machine
+from devmodels import GuestMemory, GuestMemoryError, Machine, UsageError
 from devmodels._trace import tracepoint
+from devmodels.pci import PciFunction, as_devfn
 from devmodels.pci.defs import (
     PCI_BASE_ADDRESS_0,
     PCI_CAP_ID_MSIX,
     PCI_CAP_ID_VNDR,
     PCI_CAPABILITY_LIST,
+    PCI_COMMAND,
+    PCI_COMMAND_MEMORY,
     PCI_MSIX_FLAGS,
     PCI_MSIX_FLAGS_ENABLE,
     PCI_MSIX_TABLE,
+    PCI_VENDOR_ID,
 )
+from devmodels.runtime import ServedDevice
+from devmodels.testing import DeviceProtocolError
 
 from ..defs import (
-    ACKNOWLEDGE,
-    DRIVER,
-    DRIVER_OK,
-    FEATURES_OK,
     VIRTIO_MMIO_CONFIG,
     VIRTIO_MMIO_CONFIG_GENERATION,
     VIRTIO_MMIO_DEVICE_FEATURES,
@@ -71,9 +84,10 @@ from ..defs import (
     VIRTIO_PCI_CAP_ISR_CFG,
     VIRTIO_PCI_CAP_NOTIFY_CFG,
     VIRTIO_PCI_CAP_PCI_CFG,
-
+    VIRTIO_PCI_VENDOR_ID,
 )
 from ..device import QueueFactory, VirtioDevice
+from ..testing import TransportDriver
 from .layouts import virtio_pci_cap, virtio_pci_common_cfg, virtio_pci_notify_cap
 
 __all__ = [
@@ -85,6 +99,8 @@ __all__ = [
     "MmioDriver",
     "TransportDriver",
 ]
+# TransportDriver lives in virtio.testing (every transport's driver, and DirectDriver);
+# it is re-exported here, where it was first defined.
 
 VIRTIO_ID_DEVMODELS_ECHO = 0x3F
 """Not assigned by the specification: the last ID a modern PCI device ID can express
@@ -202,68 +218,6 @@ class EchoDevice(VirtioDevice):
         self.set_config_fields(link=int(up))
 
 
-class TransportDriver(abc.ABC):
-    """The guest side of a transport, common to PCI and MMIO (what a driver's core does)."""
-
-    # -- primitives each transport provides -----------------------------------------------
-
-    @abc.abstractmethod
-    def read_status(self) -> int:
-        """``device status``."""
-        ...
-
-    @abc.abstractmethod
-    def write_status(self, value: int) -> None:
-        """Write ``device status``."""
-        ...
-
-    @abc.abstractmethod
-    def device_features(self) -> int:
-        """All offered feature bits (reads every select window)."""
-        ...
-
-    @abc.abstractmethod
-    def write_driver_features(self, features: int) -> None:
-        """Write the accepted feature bits through the select windows."""
-        ...
-
-    @abc.abstractmethod
-    def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int) -> bool:
-        """Program and enable queue ``index``; returns whether it reads back enabled."""
-        ...
-
-    @abc.abstractmethod
-    def notify(self, index: int) -> None:
-        """Available buffer notification for queue ``index``."""
-        ...
-
-    # -- §3.1.1 -------------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Write 0 and wait for status 0 (§4.1.4.3.2)."""
-        self.write_status(0)
-        assert self.read_status() == 0, "device did not complete its reset"
-
-    def negotiate(self, wanted: int) -> int | None:
-        """Reset, ACKNOWLEDGE, DRIVER, accept ``wanted & offered``, FEATURES_OK.
-
-        Returns the negotiated features, or ``None`` if the device refused FEATURES_OK.
-        """
-        self.reset()
-        self.write_status(ACKNOWLEDGE)
-        self.write_status(ACKNOWLEDGE | DRIVER)
-        accepted = self.device_features() & wanted
-        self.write_driver_features(accepted)
-        self.write_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)
-        if not self.read_status() & FEATURES_OK:
-            return None
-        return accepted
-
-    def driver_ok(self) -> None:
-        """Set DRIVER_OK (§3.1.1 step 8)."""
-        self.write_status(self.read_status() | DRIVER_OK)
-
-
 def _common_fields() -> dict[str, tuple[int, int]]:
     fields, offset = {}, 0
     for sub in virtio_pci_common_cfg.subcons:
@@ -276,15 +230,49 @@ _COMMON_FIELDS = _common_fields()
 """(offset, size) of each ``virtio_pci_common_cfg`` field."""
 
 
+_REQUIRED_CAPS = {
+    VIRTIO_PCI_CAP_COMMON_CFG: "VIRTIO_PCI_CAP_COMMON_CFG",
+    VIRTIO_PCI_CAP_NOTIFY_CFG: "VIRTIO_PCI_CAP_NOTIFY_CFG",
+    VIRTIO_PCI_CAP_ISR_CFG: "VIRTIO_PCI_CAP_ISR_CFG",
+    VIRTIO_PCI_CAP_PCI_CFG: "VIRTIO_PCI_CAP_PCI_CFG",
+}
+"""The capabilities a device MUST present (§4.1.4: common, notify, ISR, PCI config access)."""
+
+
 class PciDriver(TransportDriver):
-    """A virtio PCI driver on ``machine`` for the function at ``devfn`` of bus 0.
+    """A virtio PCI driver on ``machine`` for the function at ``devfn`` of bus 0 (rule 2).
 
     The BARs must already be assigned (``machine.enumerate()``).
+
+    Args:
+        machine: the machine the function is plugged into.
+        devfn: its devfn, or the ``Slot`` ``Machine.add_pci`` returned.
+        served: the function (or anything ``ServedDevice``) whose posted work ``poll``
+            runs, as the VMM's loop would.
+
+    Raises:
+        UsageError: no function there, not a virtio device, or its BARs are not assigned
+            (rule 3).
+        DeviceProtocolError: a required virtio capability is missing (§4.1.4).
     """
 
-    def __init__(self, machine: Machine, devfn: int) -> None:
+    @classmethod
+    def for_function(cls, machine: Machine, function: PciFunction) -> PciDriver:
+        """A driver for ``function`` plugged into ``machine`` (``served`` is the function)."""
+        return cls(machine, machine.devfn_of(function), served=function)
+
+    def __init__(self, machine: Machine, devfn: int, *, served: ServedDevice | None = None) -> None:
         self.machine = machine
-        self.devfn = devfn
+        self.memory = machine.memory
+        self.devfn = as_devfn(devfn)
+        self.served = served
+        where = f"00:{self.devfn >> 3:02x}.{self.devfn & 7} (devfn {self.devfn:#x})"
+        vendor = self.cfg_read(PCI_VENDOR_ID, 2)
+        if vendor == 0xFFFF:
+            raise UsageError(f"no PCI function at {where}: Machine.add_pci returns a Slot, pass it as it is "
+                             f"(or slot << 3), or use PciDriver.for_function(machine, function)")
+        if vendor != VIRTIO_PCI_VENDOR_ID:
+            raise UsageError(f"the function at {where} is not a virtio device (vendor {vendor:#06x})")
         self.caps: dict[int, Any] = {}
         self.cap_offsets: dict[int, int] = {}
         self.msix_cap: int | None = None
@@ -302,8 +290,13 @@ class PciDriver(TransportDriver):
             elif cap_id == PCI_CAP_ID_MSIX:
                 self.msix_cap = pointer
             pointer = self.cfg_read(pointer + 1, 1)
-        for needed in (VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_PCI_CFG):
-            assert needed in self.caps, f"capability type {needed} missing"
+        missing = [name for cfg_type, name in _REQUIRED_CAPS.items() if cfg_type not in self.caps]
+        if missing:
+            raise DeviceProtocolError(f"the virtio function at {where} lacks {', '.join(missing)} (§4.1.4)")
+        common_bar = self.caps[VIRTIO_PCI_CAP_COMMON_CFG].bar
+        if not self.cfg_read(PCI_COMMAND, 2) & PCI_COMMAND_MEMORY or not self.bar_address(common_bar):
+            raise UsageError(f"BAR{common_bar} of {where} is not assigned or memory decoding is off: "
+                             "run machine.enumerate() first")
 
     # -- addressing ---------------------------------------------------------------------------
 
@@ -374,6 +367,15 @@ class PciDriver(TransportDriver):
             self.write_common("driver_feature_select", select)
             self.write_common("driver_feature", (features >> (32 * select)) & 0xFFFF_FFFF)
 
+    def num_queues(self) -> int:
+        """``num_queues``."""
+        return self.read_common("num_queues")
+
+    def queue_max_size(self, index: int) -> int:
+        """``queue_size`` of queue ``index`` after a reset (its maximum, §4.1.4.3.2)."""
+        self.write_common("queue_select", index)
+        return self.read_common("queue_size")
+
     def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int, vector: int | None = None) -> bool:
         """§4.1.5.1.3: select, size, addresses, optional MSI-X vector, enable."""
         self.write_common("queue_select", index)
@@ -421,7 +423,8 @@ class PciDriver(TransportDriver):
 
     def enable_msix(self, messages: list[tuple[int, int]]) -> None:
         """Program MSI-X table entries ``(address, data)`` (unmasked) and enable MSI-X."""
-        assert self.msix_cap is not None, "function has no MSI-X capability"
+        if self.msix_cap is None:
+            raise UsageError("the function has no MSI-X capability (built with msix_vectors=0?)")
         table = self.cfg_read(self.msix_cap + PCI_MSIX_TABLE, 4)
         base = self.bar_address(table & 0b111) + (table & ~0b111)
         for vector, (address, data) in enumerate(messages):
@@ -435,14 +438,31 @@ class PciDriver(TransportDriver):
 
 
 class MmioDriver(TransportDriver):
-    """A virtio-mmio (version 2) driver for the window at ``base`` of ``machine.mmio``."""
+    """A virtio-mmio (version 2) driver for the window at ``base`` of ``machine.mmio``.
 
-    def __init__(self, machine: Machine, base: int) -> None:
+    Args:
+        machine: the machine whose MMIO bus holds the window.
+        base: the window's address.
+        served: the transport (or anything ``ServedDevice``) whose posted work ``poll`` runs.
+
+    Raises:
+        UsageError: no virtio-mmio version 2 window at ``base`` (§4.2.3.1.1).
+    """
+
+    MAX_QUEUES = 1024
+    """virtio-mmio has no queue count: ``num_queues`` probes QueueNumMax up to this many."""
+
+    def __init__(self, machine: Machine, base: int, *, served: ServedDevice | None = None) -> None:
         self.machine = machine
+        self.memory = machine.memory
         self.base = base
+        self.served = served
         # §4.2.3.1.1: check MagicValue and Version, then DeviceID.
-        assert self.reg(VIRTIO_MMIO_MAGIC_VALUE) == VIRTIO_MMIO_MAGIC
-        assert self.reg(VIRTIO_MMIO_VERSION_REG) == VIRTIO_MMIO_VERSION
+        magic, version = self.reg(VIRTIO_MMIO_MAGIC_VALUE), self.reg(VIRTIO_MMIO_VERSION_REG)
+        if magic != VIRTIO_MMIO_MAGIC:
+            raise UsageError(f"no virtio-mmio window at {base:#x}: MagicValue reads {magic:#x}")
+        if version != VIRTIO_MMIO_VERSION:
+            raise UsageError(f"the virtio-mmio window at {base:#x} is version {version}, not {VIRTIO_MMIO_VERSION}")
         self.device_id = self.reg(VIRTIO_MMIO_DEVICE_ID)
 
     def reg(self, offset: int) -> int:
@@ -474,6 +494,18 @@ class MmioDriver(TransportDriver):
         for select in range(4):
             self.set_reg(VIRTIO_MMIO_DRIVER_FEATURES_SEL, select)
             self.set_reg(VIRTIO_MMIO_DRIVER_FEATURES, (features >> (32 * select)) & 0xFFFF_FFFF)
+
+    def num_queues(self) -> int:
+        """Queues whose QueueNumMax is not 0, counted from 0 (bounded by ``MAX_QUEUES``)."""
+        for index in range(self.MAX_QUEUES):
+            if not self.queue_max_size(index):
+                return index
+        return self.MAX_QUEUES
+
+    def queue_max_size(self, index: int) -> int:
+        """QueueNumMax of queue ``index``."""
+        self.set_reg(VIRTIO_MMIO_QUEUE_SEL, index)
+        return self.reg(VIRTIO_MMIO_QUEUE_NUM_MAX)
 
     def setup_queue(self, index: int, size: int, desc: int, driver: int, device: int) -> bool:
         """§4.2.3.2: select, check not ready, size, addresses, QueueReady = 1."""

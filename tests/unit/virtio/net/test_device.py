@@ -348,10 +348,11 @@ def test_offloads_pass_through_with_a_header_carrying_backend(memory, queue_fact
 def test_feature_dependencies_are_enforced(memory, wire, queue_factory):
     ours, _ = LoopbackBackend.pair(offloads=NetOffloads(csum=True, tso4=True))
     device = VirtioNetDevice(memory, ours, queue_factory=queue_factory)
-    from virtio.blk.testing import negotiate
+    from virtio.testing import FeaturesRefused, negotiate
 
     accept = device.features.offered & ~(1 << VIRTIO_NET_F_GUEST_CSUM)
-    assert not negotiate(device, accept)  # §5.1.3.1: GUEST_TSO4 requires GUEST_CSUM
+    with pytest.raises(FeaturesRefused, match="feature 7 needs"):  # §5.1.3.1: GUEST_TSO4 requires GUEST_CSUM
+        negotiate(device, accept)
     assert negotiate(device, accept & ~(1 << VIRTIO_NET_F_GUEST_TSO4))
     ours.close()
 
