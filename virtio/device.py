@@ -78,6 +78,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import construct as cs
 
 from devmodels import GuestError, GuestMemory, UsageError
+from devmodels.args import check_memory
 from devmodels.snapshot import check_bool, check_bytes, check_int, check_type, check_version, require_quiesced
 from devmodels._trace import tracepoint
 from devmodels.runtime import ServedDeviceDefaults
@@ -267,6 +268,7 @@ class VirtioDevice(ServedDeviceDefaults):
         queue_factory: QueueFactory | None = None,
         name: str = "",
     ) -> None:
+        check_memory(type(self).__name__, memory)
         if not 1 <= self.device_id <= VIRTIO_ID_MAX:
             raise UsageError(f"{type(self).__name__}.device_id must be 1..{VIRTIO_ID_MAX}, got {self.device_id}")
         sizes = tuple(queue_sizes)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from ..args import check_implements
 from .._errors import UsageError
 from .._trace import tracepoint
 from ..backends import BlockBackend, BlockCompletion, BlockOp, BlockRequest, BlockStatus
@@ -71,6 +72,7 @@ class AtaDisk:
         firmware: str = "0.1",
         rotational: bool = False,
     ) -> None:
+        check_implements("AtaDisk", "backend", backend, BlockBackend)
         block = backend.logical_block_size
         if block <= 0 or SECTOR_SIZE % block:
             raise UsageError(f"an ATA disk needs a backend block size dividing 512, got {block}")

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..args import check_implements
 from .._errors import UsageError
 from .._trace import tracepoint
 from ..backends import BlockBackend, BlockCompletion, BlockOp, BlockRequest, BlockStatus
@@ -129,6 +130,7 @@ class AtapiCdrom:
 
     @staticmethod
     def _check_medium(medium: BlockBackend) -> None:
+        check_implements("AtapiCdrom", "medium", medium, BlockBackend)
         block = medium.logical_block_size
         if block <= 0 or d.CD_FRAMESIZE % block:
             raise UsageError(f"a CD medium needs a block size dividing 2048, got {block}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+from ..args import check_memory
 from .._errors import HostError, SnapshotError, UsageError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
@@ -81,6 +82,7 @@ class AhciController(PciFunction):
         self, memory: GuestMemory, *, ports: int = r.MAX_PORTS, msi: bool = False, posted_writes: bool = False,
         name: str = "ahci",
     ) -> None:
+        check_memory("AhciController", memory)
         if not isinstance(ports, int) or not 1 <= ports <= r.MAX_PORTS:
             raise UsageError(f"an ICH9 AHCI controller has 1..{r.MAX_PORTS} ports, got {ports!r}")
         super().__init__(

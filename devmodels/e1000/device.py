@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from ..args import check_implements, check_memory
 from .._errors import SnapshotError, UsageError
 from .._memory import GuestMemory
 from .._regs import Reg, RegisterFile, check_hook_names
@@ -145,7 +146,7 @@ class E1000(PciFunction):
         name: for traces.
 
     Raises:
-        UsageError: a bad MAC address, EEPROM image or revision.
+        UsageError: a bad memory, backend, MAC address, EEPROM image or revision.
     """
 
     def __init__(
@@ -162,6 +163,8 @@ class E1000(PciFunction):
         posted_writes: bool = False,
         name: str = "e1000",
     ) -> None:
+        check_memory("E1000", memory)
+        check_implements("E1000", "backend", backend, NetBackend, optional=True)
         if revision not in (0, 3):
             raise UsageError(f"the 82540EM reports revision 0 or 3, got {revision}")
         super().__init__(

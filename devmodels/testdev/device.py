@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import regs as r
+from ..args import check_memory
 from .._errors import GuestError, SnapshotError
 from .._memory import GuestMemory
 from .._regs import Access, Reg, RegisterFile
@@ -77,6 +78,7 @@ class PciTestDevice(PciFunction):
     """
 
     def __init__(self, memory: GuestMemory) -> None:
+        check_memory("PciTestDevice", memory)
         super().__init__(r.TESTDEV_VENDOR_ID, r.TESTDEV_DEVICE_ID, r.TESTDEV_CLASS, revision=1, name="testdev")
         self.memory = memory
         self.registers = RegisterFile(

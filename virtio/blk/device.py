@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devmodels import GuestMemory, GuestMemoryError, SnapshotError, UsageError
+from devmodels.args import check_implements
 from devmodels.snapshot import check_args, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.backends import BlockBackend, BlockOp, BlockRequest, BlockStatus
@@ -155,6 +156,7 @@ class VirtioBlkDevice(VirtioDevice):
         queue_factory: QueueFactory | None = None,
         name: str = "virtio-blk",
     ) -> None:
+        check_implements("VirtioBlkDevice", "backend", backend, BlockBackend)
         if not isinstance(num_queues, int) or not 1 <= num_queues <= 0xFFFF:
             raise UsageError(f"num_queues must be 1..65535, got {num_queues!r}")
         if not isinstance(queue_size, int) or not 3 <= queue_size <= 32768:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devmodels import GuestMemory, GuestMemoryError, SnapshotError, UsageError
+from devmodels.args import check_implements
 from devmodels.snapshot import check_args, check_bool, check_bytes, check_int, check_type, check_version
 from devmodels._trace import tracepoint
 from devmodels.backends import NetBackend, NetOffloads
@@ -191,6 +192,7 @@ class VirtioNetDevice(VirtioDevice):
         queue_factory: QueueFactory | None = None,
         name: str = "virtio-net",
     ) -> None:
+        check_implements("VirtioNetDevice", "backend", backend, NetBackend)
         mac = bytes(mac)
         if len(mac) != ETH_ALEN or mac[0] & 1:
             raise UsageError(f"mac must be 6 bytes of a unicast address, got {mac.hex(':')}")

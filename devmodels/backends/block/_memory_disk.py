@@ -35,7 +35,7 @@ class MemoryDiskBackend:
     """A ``BlockBackend`` held in host memory.
 
     Args:
-        size: capacity in bytes (positive).
+        size: capacity in bytes (positive, a multiple of ``logical_block_size``).
         readonly: writes, discards and write-zeroes complete IO_ERROR.
         data: initial content from offset 0 (at most ``size`` bytes).
         logical_block_size: the sector size offsets and lengths must be multiples of.
@@ -53,8 +53,13 @@ class MemoryDiskBackend:
         logical_block_size: int = 512,
     ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise UsageError(f"disk size must be a positive integer, got {size!r}")
+            raise UsageError(f"MemoryDiskBackend: size must be a positive integer of bytes, got {size!r}")
         self._block_size = check_block_size(logical_block_size)
+        if size % self._block_size:
+            raise UsageError(f"MemoryDiskBackend: size {size} is not a multiple of logical_block_size "
+                             f"{self._block_size} (a disk is whole sectors)")
+        if data is not None and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise UsageError(f"MemoryDiskBackend: data must be bytes-like, got {type(data).__name__}")
         self._readonly = bool(readonly)
         self._disk = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if data is not None:
