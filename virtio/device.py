@@ -96,6 +96,7 @@ from .defs import (
 )
 from .features import Features
 from .queue import VirtqueueState
+from .queue.chain import Chain
 from .status import DRIVER_BITS, VALID_TRANSITIONS, StatusEffect, status_names, transition
 
 __all__ = [
@@ -333,7 +334,7 @@ class VirtioDevice(ServedDeviceDefaults):
 
     # -- hooks a device overrides ------------------------------------------------------------
 
-    def handle_queue(self, index: int, chains: list[Any]) -> None:
+    def handle_queue(self, index: int, chains: list[Chain]) -> None:
         """Process chains the driver made available on queue ``index`` (override).
 
         Called by the default ``on_queue_notify`` with at most ``budget`` chains. Push
@@ -429,7 +430,7 @@ class VirtioDevice(ServedDeviceDefaults):
         """The epoch of queue ``index`` (rule 6)."""
         return self._epochs[index]
 
-    def pop(self, index: int, budget: int) -> list[Any]:
+    def pop(self, index: int, budget: int) -> list[Chain]:
         """Up to ``budget`` available chains of queue ``index``; ``[]`` if it is not live."""
         if not self.queue_live(index) or budget <= 0:
             return []
@@ -443,7 +444,7 @@ class VirtioDevice(ServedDeviceDefaults):
             self._queue_broke(index)
         return chains
 
-    def push_used(self, index: int, used: Sequence[tuple[Any, int]], *, epoch: int | None = None) -> bool:
+    def push_used(self, index: int, used: Sequence[tuple[Chain | int, int]], *, epoch: int | None = None) -> bool:
         """Return ``(chain or head, written length)`` entries to the driver on queue ``index``.
 
         Sends a used buffer notification when the queue asks for one. Returns ``False``

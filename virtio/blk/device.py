@@ -38,6 +38,7 @@ from ..defs import (
     VIRTIO_ID_BLOCK,
 )
 from ..device import QueueFactory, VirtioDevice, VirtioDeviceState
+from ..queue.chain import Chain
 from .defs import (
     VIRTIO_BLK_CONFIG_WRITEBACK,
     VIRTIO_BLK_F_BLK_SIZE,
@@ -97,7 +98,7 @@ class _Inflight:
 
     __slots__ = ("queue", "chain", "epoch", "request", "pending", "status", "flushing", "transferred")
 
-    def __init__(self, queue: int, chain: Any, epoch: int, request: BlkRequest, pending: int) -> None:
+    def __init__(self, queue: int, chain: Chain, epoch: int, request: BlkRequest, pending: int) -> None:
         self.queue = queue
         self.chain = chain
         self.epoch = epoch
@@ -316,13 +317,13 @@ class VirtioBlkDevice(VirtioDevice):
 
     # -- the request path ------------------------------------------------------------------
 
-    def handle_queue(self, index: int, chains: list[Any]) -> None:
+    def handle_queue(self, index: int, chains: list[Chain]) -> None:
         """Parse and submit the chains; complete the malformed ones at once (rules 1–2)."""
         memory = self.memory
         limits = self._limits
         epoch = self.queue_epoch(index)
         backend = self.backend
-        done: list[tuple[Any, int]] = []
+        done: list[tuple[Chain | int, int]] = []
         stats = self.stats
         for chain in chains:
             request = parse_request(chain, memory, limits)
@@ -388,7 +389,7 @@ class VirtioBlkDevice(VirtioDevice):
         completions = self.backend.completions()
         if not completions:
             return 0, 0
-        finished: dict[int, list[tuple[Any, int]]] = {}
+        finished: dict[int, list[tuple[Chain | int, int]]] = {}
         epochs: dict[int, int] = {}
         count = 0
         for completion in completions:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from devmodels import Access, GuestMemory, GuestMemoryError
 from devmodels.backends import BlockOp
+
+from ..queue.chain import Chain
 
 from .defs import (
     VIRTIO_BLK_DWZ_SEG_SIZE,
@@ -150,7 +151,7 @@ def _read_bytes(memory: GuestMemory, segments: Sequence[Segment]) -> bytes:
     return b"".join(memory.read(gpa, length) for gpa, length in segments)
 
 
-def parse_request(chain: Any, memory: GuestMemory, limits: BlkLimits) -> BlkRequest:
+def parse_request(chain: Chain, memory: GuestMemory, limits: BlkLimits) -> BlkRequest:
     """Parse ``chain`` (a popped ``Chain``) into a ``BlkRequest`` (rules 1–4)."""
     readable: list[Segment] = chain.readable
     readable_len: int = chain.readable_len

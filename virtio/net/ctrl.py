@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from devmodels import GuestMemory, GuestMemoryError
+
+from ..queue.chain import Chain
 
 from .defs import (
     ETH_ALEN,
@@ -153,7 +155,7 @@ def execute(device: VirtioNetDevice, klass: int, command: int, data: bytes) -> i
     return entry[1](device, data)
 
 
-def handle_ctrl_chain(device: VirtioNetDevice, chain: Any, memory: GuestMemory) -> tuple[int, int | None]:
+def handle_ctrl_chain(device: VirtioNetDevice, chain: Chain, memory: GuestMemory) -> tuple[int, int | None]:
     """Execute the command in ``chain``; return ``(used length, ack)`` (rules 2–4)."""
     if chain.writable_len == 0:
         return 0, None

@@ -53,6 +53,7 @@ from ..defs import (
     VIRTIO_ID_NET,
 )
 from ..device import QueueFactory, VirtioDevice, VirtioDeviceState
+from ..queue.chain import Chain
 from . import ctrl as _ctrl
 from .defs import (
     ETH_ALEN,
@@ -260,7 +261,7 @@ class VirtioNetDevice(VirtioDevice):
         self._active = 1 if ctrl_vq else queue_pairs
         self._held: list[deque[bytes]] = [deque() for _ in range(queue_pairs)]
         self._n_held = 0
-        self._spare: list[deque[Any]] = [deque() for _ in range(queue_pairs)]
+        self._spare: list[deque[Chain]] = [deque() for _ in range(queue_pairs)]
         self._spare_epoch = [0] * queue_pairs
         self._flows: dict[int, int] = {}
         self._vnet = False
@@ -392,7 +393,7 @@ class VirtioNetDevice(VirtioDevice):
             return False
         return super().on_queue_notify(index)
 
-    def handle_queue(self, index: int, chains: list[Any]) -> None:
+    def handle_queue(self, index: int, chains: list[Chain]) -> None:
         """Transmit, or execute control commands."""
         role, pair = self._role(index)
         if role == "tx":
@@ -403,7 +404,7 @@ class VirtioNetDevice(VirtioDevice):
 
     # -- transmit (rule 4) -----------------------------------------------------------------------
 
-    def _transmit(self, index: int, pair: int, chains: list[Any]) -> None:
+    def _transmit(self, index: int, pair: int, chains: list[Chain]) -> None:
         memory, stats, backend = self.memory, self.stats, self.backend
         negotiated, vnet = self.negotiated, self._vnet
         track = self._active > 1
@@ -433,7 +434,7 @@ class VirtioNetDevice(VirtioDevice):
                         del self._flows[next(iter(self._flows))]
         self.push_used(index, [(chain, 0) for chain in chains])
 
-    def _trace_tx(self, index: int, chain: Any, reason: str) -> None:
+    def _trace_tx(self, index: int, chain: Chain, reason: str) -> None:
         if _tp_tx_drop.on:
             _tp_tx_drop.emit(device=self.name, queue=index, head=chain.head, reason=reason)
 
@@ -585,7 +586,7 @@ class VirtioNetDevice(VirtioDevice):
             spare.clear()
             self._spare_epoch[pair] = epoch
         mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
-        used: list[tuple[Any, int]] = []
+        used: list[tuple[Chain | int, int]] = []
         while held:
             packet = self._packet(held[0])
             need = len(packet)
@@ -611,8 +612,8 @@ class VirtioNetDevice(VirtioDevice):
         if used:
             self.push_used(index, used, epoch=epoch)
 
-    def _take(self, index: int, spare: deque[Any], need: int, mergeable: bool,
-              used: list[tuple[Any, int]]) -> list[Any] | None:
+    def _take(self, index: int, spare: deque[Chain], need: int, mergeable: bool,
+              used: list[tuple[Chain | int, int]]) -> list[Chain] | None:
         """Chains for a ``need``-byte packet; ``None`` when the guest has not enough buffers
         yet, ``[]`` when the packet fits no buffer (without MRG_RXBUF)."""
         if not mergeable:
@@ -657,7 +658,7 @@ class VirtioNetDevice(VirtioDevice):
             return self._take(index, spare, need, mergeable, used)
         return chains
 
-    def _refill(self, index: int, spare: deque[Any]) -> bool:
+    def _refill(self, index: int, spare: deque[Chain]) -> bool:
         if len(spare) >= self.queue_size(index):
             return False
         chains = self.pop(index, 64)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
 
 from devmodels import GuestMemory
+
+from ..queue.chain import Chain
 
 from .defs import ETH_ALEN, ETH_HLEN, VLAN_N_VID
 
@@ -131,7 +132,7 @@ def flow_key(frame: bytes | bytearray | memoryview) -> int | None:
     return hash((proto, min(a, b), max(a, b)))
 
 
-def scatter(memory: GuestMemory, chains: Sequence[Any], data: bytes | bytearray | memoryview) -> list[int]:
+def scatter(memory: GuestMemory, chains: Sequence[Chain], data: bytes | bytearray | memoryview) -> list[int]:
     """Write ``data`` across the writable segments of ``chains`` in order (rule 3).
 
     Returns the bytes written into each chain (every chain but the last completely full,

@@ -16,10 +16,11 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any
 
 from devmodels import GuestMemory, GuestMemoryError
 from devmodels.backends.net import finish_checksum
+
+from ..queue.chain import Chain
 
 from .defs import (
     ETH_HLEN,
@@ -48,7 +49,7 @@ GSO_FEATURE = {
 """GSO type -> the feature that lets the driver send it."""
 
 
-def read_packet(chain: Any, memory: GuestMemory) -> bytearray | str:
+def read_packet(chain: Chain, memory: GuestMemory) -> bytearray | str:
     """Header and frame of a transmit chain, or why it is refused (rule 1)."""
     length = chain.readable_len
     if length < VIRTIO_NET_HDR_SIZE:

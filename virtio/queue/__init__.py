@@ -2,7 +2,9 @@
 
 - ``Virtqueue``: one queue; the transport configures it, the device calls
   ``pop_batch``/``push_batch``; guest violations leave it ``broken`` (never raise).
-- ``Chain``: one popped descriptor chain: ``head``, ``readable``/``writable`` segments.
+- ``Chain``: the protocol of a popped descriptor chain (``head``, ``readable``/``writable``
+  ``Segment`` s), satisfied by both ring implementations' chain classes (``ChainC``,
+  ``ChainPy``); type chain parameters with it.
 - ``VirtqueueState``: its snapshot.
 - ``errors``: one ``VirtqueueError`` subclass per ring rule; ``defs``: ring constants.
 - ``ring``: the implementation selector (``RingC`` Cython / ``RingPy`` pure Python).
@@ -10,7 +12,8 @@
 
 from . import defs, errors
 from .errors import VirtqueueError
-from .ring import IMPLEMENTATION, Chain, ChainC, ChainPy, RingC, RingPy
+from .chain import Chain, Segment
+from .ring import IMPLEMENTATION, ChainC, ChainPy, RingC, RingPy
 from .virtqueue import QueueObserver, Virtqueue, VirtqueueState
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "ChainC",
     "ChainPy",
     "IMPLEMENTATION",
+    "Segment",
     "QueueObserver",
     "RingC",
     "RingPy",

@@ -5,7 +5,7 @@ Rules (yarl ``_quoting.py``, aiohttp ``_websocket/reader.py``):
 1. ``_ring_c`` is the compiled form of ``_ring_py.py`` (same source, typed by
    ``_ring_c.pxd``). It is used unless ``DEVMODELS_NO_EXTENSIONS`` is set, it was not
    built, or what imported is the uncompiled symlink (``COMPILED`` false).
-2. ``IMPLEMENTATION`` says which one ``Ring``/``Chain`` are: ``"cython"`` or ``"python"``.
+2. ``IMPLEMENTATION`` says which one ``Ring``/``ChainClass`` are: ``"cython"`` or ``"python"``.
 3. Both stay importable side by side (``RingPy``/``RingC``) so tests run them in one
    process and compare them (STYLE 20); ``RingC`` is ``None`` when not available.
 """
@@ -18,7 +18,7 @@ from devmodels._accel import NO_EXTENSIONS
 
 from . import _ring_py
 
-__all__ = ["Ring", "Chain", "RingPy", "ChainPy", "RingC", "ChainC", "IMPLEMENTATION", "IMPLEMENTATIONS"]
+__all__ = ["Ring", "ChainClass", "RingPy", "ChainPy", "RingC", "ChainC", "IMPLEMENTATION", "IMPLEMENTATIONS"]
 
 RingPy = _ring_py.Ring
 ChainPy = _ring_py.Chain
@@ -37,8 +37,18 @@ if not (TYPE_CHECKING or NO_EXTENSIONS):
 
 Ring: Any = RingC if RingC is not None else RingPy
 """The ring class new queues use."""
-Chain: Any = ChainC if ChainC is not None else ChainPy
-"""The chain class ``Ring.pop`` returns."""
+ChainClass: Any = ChainC if ChainC is not None else ChainPy
+"""The chain class ``Ring.pop`` returns; code that reads chains types them with the
+``virtio.queue.Chain`` protocol, which both classes satisfy."""
+if TYPE_CHECKING:
+    from .chain import Chain
+
+    def _satisfies_chain(chain: _ring_py.Chain) -> Chain:
+        """Never called: mypy checks here that the chain class satisfies ``Chain`` (the
+        Cython class is the same source, compiled)."""
+        return chain
+
+
 IMPLEMENTATION = "cython" if RingC is not None else "python"
 IMPLEMENTATIONS: dict[str, Any] = {"python": RingPy} if RingC is None else {"python": RingPy, "cython": RingC}
 """Every ring implementation available in this process, by name."""

@@ -54,6 +54,7 @@ from devmodels._trace import tracepoint
 
 from ..defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
 from . import ring as _ring
+from .chain import Chain
 from .defs import VIRTQ_MAX_SIZE
 from .errors import QueueSizeError, RestoredBrokenError
 
@@ -110,21 +111,21 @@ class QueueObserver(Protocol):
         An entry refused then leaves the ones before it published."""
         ...
 
-    def popped(self, queue: Virtqueue, chains: Sequence[Any], position: int, wrap: bool) -> None:
+    def popped(self, queue: Virtqueue, chains: Sequence[Chain], position: int, wrap: bool) -> None:
         """``chains`` were popped, in ring order, starting at ``position`` (split: the
         available index; packed: the ring position, with its wrap counter)."""
         ...
 
-    def pushing(self, queue: Virtqueue, used: Sequence[tuple[Any, int]]) -> None:
+    def pushing(self, queue: Virtqueue, used: Sequence[tuple[Chain | int, int]]) -> None:
         """``used`` is about to be written and published (nothing is visible yet)."""
         ...
 
-    def pushed(self, queue: Virtqueue, used: Sequence[tuple[Any, int]], published: bool) -> None:
+    def pushed(self, queue: Virtqueue, used: Sequence[tuple[Chain | int, int]], published: bool) -> None:
         """The push of ``used`` returned; ``published``: the used position moved (else it
         wrote nothing: the queue was not ready, broke, or refused the entries)."""
         ...
 
-    def rewound(self, queue: Virtqueue, chains: Sequence[Any]) -> None:
+    def rewound(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
         """``chains`` were given back: they will be popped again."""
         ...
 
@@ -339,7 +340,7 @@ class Virtqueue:
 
     # -- operation ---------------------------------------------------------------------------
 
-    def pop_batch(self, memory: GuestMemory, budget: int) -> list[Any]:
+    def pop_batch(self, memory: GuestMemory, budget: int) -> list[Chain]:
         """Collect up to ``budget`` available chains, in ring order.
 
         Returns ``[]`` when the queue is not ready or broken. On a guest violation the
@@ -356,14 +357,14 @@ class Virtqueue:
         was_broken = ring.broken is not None
         observer = self.observer
         position, wrap = int(ring.next_avail), bool(ring.avail_wrap)
-        chains: list[Any] = ring.pop(memory, min(budget, _MAX_BUDGET))
+        chains: list[Chain] = ring.pop(memory, min(budget, _MAX_BUDGET))
         if not was_broken and ring.broken is not None:
             self._trace_broken("pop")
         if observer is not None and chains:
             observer.popped(self, chains, position, wrap)
         return chains
 
-    def push_batch(self, memory: GuestMemory, used: Sequence[tuple[Any, int]]) -> bool:
+    def push_batch(self, memory: GuestMemory, used: Sequence[tuple[Chain | int, int]]) -> bool:
         """Return used buffers: ``(chain or head id, bytes written)`` entries, in completion order.
 
         Writes the used entries (split) or used descriptors (packed), then publishes them.
@@ -393,7 +394,7 @@ class Virtqueue:
             self._trace_broken("push")
         return notify
 
-    def _observed_push(self, memory: GuestMemory, entries: Sequence[tuple[Any, int]], observer: QueueObserver) -> bool:
+    def _observed_push(self, memory: GuestMemory, entries: Sequence[tuple[Chain | int, int]], observer: QueueObserver) -> bool:
         ring = self._ring
         before = (int(ring.next_used), bool(ring.used_wrap))
         observer.pushing(self, entries)
@@ -402,7 +403,7 @@ class Virtqueue:
         finally:
             observer.pushed(self, entries, (int(ring.next_used), bool(ring.used_wrap)) != before)
 
-    def push(self, memory: GuestMemory, chain: Any, written: int) -> bool:
+    def push(self, memory: GuestMemory, chain: Chain | int, written: int) -> bool:
         """``push_batch`` of one entry."""
         return self.push_batch(memory, [(chain, written)])
 
@@ -440,7 +441,7 @@ class Virtqueue:
             self._trace_broken("has_available")
         return pending
 
-    def rewind(self, chains: Sequence[Any]) -> bool:
+    def rewind(self, chains: Sequence[Chain]) -> bool:
         """Give back ``chains``: the last ones ``pop_batch`` returned, in pop order, none
         pushed. The queue reads them again as if they had never been popped (QEMU's
         ``virtqueue_rewind``): a device that stops without using buffers it took (a NIC
@@ -457,7 +458,7 @@ class Virtqueue:
             self.observer.rewound(self, chains)
         return done
 
-    def reread_chain(self, memory: GuestMemory, head: int) -> Any | None:
+    def reread_chain(self, memory: GuestMemory, head: int) -> Chain | None:
         """Split queue: the chain at descriptor ``head``, parsed as ``pop_batch`` would but
         without moving any position (rule 6): one a previous device instance popped and did
         not use, to be resubmitted. ``None`` when the queue is not ready or broken, or the
@@ -473,7 +474,7 @@ class Virtqueue:
             self._trace_broken("reread")
         return chain
 
-    def reread_buffer(self, memory: GuestMemory, descriptors: bytes) -> Any | None:
+    def reread_buffer(self, memory: GuestMemory, descriptors: bytes) -> Chain | None:
         """Packed queue: the buffer whose descriptors were ``descriptors`` (16 bytes each,
         ``pvirtq_desc``) when a previous device instance took it, parsed as ``pop_batch``
         would (rule 6). The buffer must be in flight in the restored state with that many

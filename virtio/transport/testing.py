@@ -87,6 +87,7 @@ from ..defs import (
     VIRTIO_PCI_VENDOR_ID,
 )
 from ..device import QueueFactory, VirtioDevice
+from ..queue.chain import Chain
 from ..testing import TransportDriver
 from .layouts import virtio_pci_cap, virtio_pci_common_cfg, virtio_pci_notify_cap
 
@@ -159,10 +160,10 @@ class EchoDevice(VirtioDevice):
         self.activated = 0
         self.queue_resets: list[int] = []
 
-    def handle_queue(self, index: int, chains: list[Any]) -> None:
+    def handle_queue(self, index: int, chains: list[Chain]) -> None:
         """Echo each chain into itself and return it."""
         key = self.config[4] if self.has_feature(ECHO_F_XOR) else 0
-        used = []
+        used: list[tuple[Chain | int, int]] = []
         for chain in chains:
             try:
                 written = self._echo(chain, key)
@@ -176,7 +177,7 @@ class EchoDevice(VirtioDevice):
             self.echoed += 1
         self.push_used(index, used)
 
-    def _echo(self, chain: Any, key: int) -> int:
+    def _echo(self, chain: Chain, key: int) -> int:
         data = bytearray()
         for gpa, length in chain.readable:
             take = min(length, self.max_len - len(data))

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from devmodels import GuestMemory, GuestMemoryError
 
+from ..queue import Chain, Virtqueue
 from .dirty_log import DirtyLog
 from .inflight_packed import PackedInflight
 from .inflight_split import SplitInflight
@@ -39,7 +39,7 @@ __all__ = ["VringTap"]
 _log = logging.getLogger("devmodels.vhost_user")
 
 
-def _ids(used: Sequence[tuple[Any, int]]) -> list[int]:
+def _ids(used: Sequence[tuple[Chain | int, int]]) -> list[int]:
     return [item if isinstance(item, int) else int(item.head) for item, _written in used]
 
 
@@ -75,7 +75,7 @@ class VringTap:
 
     # -- QueueObserver ---------------------------------------------------------------------
 
-    def popped(self, queue: Any, chains: Sequence[Any], position: int, wrap: bool) -> None:
+    def popped(self, queue: Virtqueue, chains: Sequence[Chain], position: int, wrap: bool) -> None:
         """Record the chains taken (inflight)."""
         tracker = self.inflight
         if tracker is None:
@@ -104,12 +104,12 @@ class VringTap:
             data += self.memory.read(self.desc_addr, 16 * (count - first))
         return data
 
-    def pushing(self, queue: Any, used: Sequence[tuple[Any, int]]) -> None:
+    def pushing(self, queue: Virtqueue, used: Sequence[tuple[Chain | int, int]]) -> None:
         """Link the returned buffers (inflight), before they are published."""
         if self.inflight is not None:
             self.inflight.pushing(_ids(used))
 
-    def pushed(self, queue: Any, used: Sequence[tuple[Any, int]], published: bool) -> None:
+    def pushed(self, queue: Virtqueue, used: Sequence[tuple[Chain | int, int]], published: bool) -> None:
         """Clear the returned buffers (inflight) and log what was written (rule 2)."""
         tracker = self.inflight
         if isinstance(tracker, SplitInflight):
@@ -127,7 +127,7 @@ class VringTap:
         ranges.extend(self.log_areas)
         log.mark_ranges(ranges)
 
-    def rewound(self, queue: Any, chains: Sequence[Any]) -> None:
+    def rewound(self, queue: Virtqueue, chains: Sequence[Chain]) -> None:
         """The chains will be taken again: no longer in flight."""
         if self.inflight is not None:
             self.inflight.rewound([int(chain.head) for chain in chains])
