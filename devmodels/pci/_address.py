@@ -51,6 +51,9 @@ class DevFn(int):
     def __repr__(self) -> str:
         return f"DevFn({int(self) >> 3:02x}.{int(self) & 7})"
 
+    def __str__(self) -> str:  # formats as the number it is (command lines, JSON, f-strings)
+        return str(int(self))
+
 
 class Slot(int):
     """A device (slot) number on one bus (0..31), as ``Machine.add_pci`` returns it.
@@ -75,6 +78,9 @@ class Slot(int):
 
     def __repr__(self) -> str:
         return f"Slot({int(self):#04x})"
+
+    def __str__(self) -> str:  # formats as the number it is (command lines, JSON, f-strings)
+        return str(int(self))
 
 
 def as_devfn(value: int) -> DevFn:

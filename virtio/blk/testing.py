@@ -125,6 +125,16 @@ class BlkDriver:
         ring.add([r for r in readable if r != b""], writable, indirect=indirect, token=token)
         return token
 
+    def move_to(self, transport: TransportDriver | VirtioDevice) -> None:
+        """Go on driving the device through ``transport``: the guest moved to another machine
+        with its RAM (the caller copied it) and finds its device there, restored from a
+        snapshot. Rings, outstanding requests and tokens carry over; nothing is
+        renegotiated (the device's state says what was)."""
+        self.transport = as_transport(transport)
+        self.memory = self.transport.memory
+        for ring in self.rings:
+            ring.memory = self.memory
+
     def kick(self, queue: int = 0) -> bool:
         """Publish the placed requests and notify the device if the ring asks for it
         (then let the VMM run the device's posted work: ``TransportDriver.poll``)."""

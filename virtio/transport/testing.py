@@ -368,6 +368,14 @@ class PciDriver(TransportDriver):
             self.write_common("driver_feature_select", select)
             self.write_common("driver_feature", (features >> (32 * select)) & 0xFFFF_FFFF)
 
+    def poll(self) -> None:
+        """Read ``device_status`` first: a read flushes the posted writes before it (PCI 3.0
+        §3.2.5 ordering; ``devmodels.runtime`` rule 4), so a device served elsewhere (over
+        vfio-user, in another thread or process) has handled a notification before the
+        driver looks at the rings. Then the served object's posted work, if it was given."""
+        self.read_status()
+        super().poll()
+
     def num_queues(self) -> int:
         """``num_queues``."""
         return self.read_common("num_queues")

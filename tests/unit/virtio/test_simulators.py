@@ -100,6 +100,9 @@ def test_slot_and_devfn_check_their_range():
         DevFn.of(1, 8)
     assert DevFn.of(3, 2) == 26 and DevFn(26).slot == 3 and DevFn(26).function == 2
     assert Slot(3).function(2) == 26
+    # They format as the numbers they are (QEMU command lines, JSON), and repr says what they are.
+    assert (f"{Slot(3)}", str(DevFn(26)), f"{DevFn(26):#x}") == ("3", "26", "0x1a")
+    assert (repr(Slot(3)), repr(DevFn(26))) == ("Slot(0x03)", "DevFn(03.2)")
 
 
 # -- features ------------------------------------------------------------------------------
