@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vfio-user: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     loop = EventLoop()
-    runner = DeviceRunner(served, loop)
+    runner = DeviceRunner(server.migration.gate(served), loop)  # nothing of its own while stopped
     runner.attach()
     stopping = False
     listener: socket.socket | None = None

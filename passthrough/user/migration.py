@@ -21,10 +21,15 @@ Rules (vfio-user.rst "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE"):
 4. ``RUNNING -> STOP`` quiesces the device (posted work run, backend requests completed,
    held buffers given back), and ``STOP -> STOP_COPY`` quiesces again before ``state()``,
    so the saved state has nothing half done. A device that cannot quiesce fails the arc.
-   Otherwise the machine only sequences state capture; it never blocks device accesses
-   (a sans-IO device changes only when accessed, so a VMM that stops accessing it has
-   stopped it).
-5. A version-1 document of the earlier format (``LEGACY_FORMAT``, states without
+   The machine never blocks device accesses (a VMM that stops accessing the device has
+   stopped that side of it).
+5. What the device does on its own (frames arriving from the wire, timers, completions
+   announced by a backend) it does only while ``RUNNING``: the serving loop serves the
+   device through ``gate(device)``, which asks the loop for nothing in any other state.
+   So a stopped device writes no guest RAM after the VMM's last dirty-log report and
+   raises no interrupt (linux/vfio.h ``VFIO_DEVICE_STATE_STOP``: no DMA, no interrupts,
+   no change to external state); what arrived meanwhile waits in its backend for ``RUNNING``.
+6. A version-1 document of the earlier format (``LEGACY_FORMAT``, states without
    ``args``) still loads: it is a state of the layouts before ``args``, which is taken to
    be the destination device's own (as those layouts were checked) and so upgraded.
 """
@@ -33,11 +38,12 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from devmodels import DevmodelsError, SnapshotError, from_dict, snapshot_file, to_dict
 from devmodels.pci import PciFunction
+from devmodels.runtime import ServedDevice
 
 from ..defs import (
     VFIO_DEVICE_STATE_ERROR,
@@ -48,9 +54,10 @@ from ..defs import (
 )
 from ..errors import VfioUserReject
 
-__all__ = ["LEGACY_FORMAT", "ARCS", "MigrationStateMachine", "encode_state", "decode_state", "supports_snapshots"]
+__all__ = ["LEGACY_FORMAT", "ARCS", "MigrationStateMachine", "MigrationGate", "encode_state", "decode_state",
+           "supports_snapshots"]
 
-LEGACY_FORMAT = "devmodels-vfio-user-migration"  # rule 5: version 1, before snapshot files
+LEGACY_FORMAT = "devmodels-vfio-user-migration"  # rule 6: version 1, before snapshot files
 
 RUNNING, STOP, STOP_COPY, RESUMING, ERROR = (
     VFIO_DEVICE_STATE_RUNNING,
@@ -102,7 +109,7 @@ def decode_state(function: PciFunction, data: bytes) -> Any:
 
 
 def _legacy_document(data: bytes) -> dict[str, Any] | None:
-    """The document if it is one of ``LEGACY_FORMAT`` (rule 5), else None."""
+    """The document if it is one of ``LEGACY_FORMAT`` (rule 6), else None."""
     try:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -124,7 +131,7 @@ def _args_template(function: PciFunction) -> dict[str, Any]:
 
 def _adopt_args(state: Any, template: dict[str, Any]) -> Any:
     """A version-1 state (layouts before ``args``) upgraded to version 2 with the
-    destination's args (rule 5); anything else is left for ``from_dict`` to refuse."""
+    destination's args (rule 6); anything else is left for ``from_dict`` to refuse."""
     if not isinstance(state, dict):
         return state
     out = dict(state)
@@ -158,6 +165,15 @@ class MigrationStateMachine:
     def supported(self) -> bool:
         """Whether the function can migrate."""
         return supports_snapshots(self.function)
+
+    @property
+    def running(self) -> bool:
+        """Whether the device is in ``RUNNING`` (rule 5)."""
+        return self.state == RUNNING
+
+    def gate(self, device: ServedDevice) -> MigrationGate:
+        """``device`` as the serving loop must serve it (rule 5)."""
+        return MigrationGate(device, self)
 
     def set_state(self, target: int) -> None:
         """Move to ``target`` along direct arcs (rule 1).
@@ -258,3 +274,44 @@ class MigrationStateMachine:
         if len(self._incoming) + len(data) > self.max_bytes:
             raise VfioUserReject(errno.E2BIG, f"migration data exceeds {self.max_bytes} bytes")
         self._incoming += data
+
+
+class MigrationGate:
+    """A ``ServedDevice`` that is ``device`` while the migration state is ``RUNNING`` and
+    asks its loop for nothing otherwise (rule 5): no descriptors, no timers, no posted
+    work or completions run. ``quiesce`` and the waker pass through."""
+
+    def __init__(self, device: ServedDevice, machine: MigrationStateMachine) -> None:
+        self.device = device
+        self.machine = machine
+
+    def bind_waker(self, wake: Callable[[], None] | None) -> None:
+        """The device's."""
+        self.device.bind_waker(wake)
+
+    def watched_fds(self) -> Mapping[int, Callable[[], None]]:
+        """The device's while running, else none."""
+        return self.device.watched_fds() if self.machine.running else {}
+
+    def next_deadline(self) -> int | None:
+        """The device's while running, else none (its timers wait)."""
+        return self.device.next_deadline() if self.machine.running else None
+
+    def tick(self, now_ns: int) -> None:
+        """The clock moves on for the device only while it runs (a timer due meanwhile
+        fires once it runs again)."""
+        if self.machine.running:
+            self.device.tick(now_ns)
+
+    @property
+    def posted(self) -> bool:
+        """The device's posted work, while running."""
+        return self.machine.running and self.device.posted
+
+    def run_posted(self) -> bool:
+        """The device's, while running."""
+        return self.device.run_posted() if self.machine.running else False
+
+    def quiesce(self) -> None:
+        """The device's."""
+        self.device.quiesce()

@@ -9,13 +9,17 @@ shows it), so our client is the VMM here.
 from __future__ import annotations
 
 import errno
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from harness.migration.scenarios import MigrationCheckFailed, run
+from devmodels.e1000 import regs as er
+from devmodels.e1000.testing import E1000Driver
+from harness.migration.scenarios import MigrationCheckFailed, _Clock, _frame, run
 from harness.migration.vfio_user import ServerProcess, Vmm, migrate
-from passthrough.defs import VFIO_DEVICE_STATE_ERROR, VFIO_DEVICE_STATE_RUNNING
+from passthrough.defs import VFIO_DEVICE_STATE_ERROR, VFIO_DEVICE_STATE_RUNNING, VFIO_DEVICE_STATE_STOP
 from passthrough.errors import VfioUserError
 
 WINDOW_CHECK = {
@@ -62,3 +66,40 @@ def test_a_destination_built_differently_refuses_the_state(tmp_path: Path) -> No
             vmm.close()
         source.stop()
         destination.stop()
+
+
+def test_a_stopped_device_takes_nothing_from_its_backend(tmp_path: Path) -> None:
+    """In STOP the device writes no guest RAM (a frame arriving from the wire would land
+    after the VMM's last dirty-log report, lost to the destination): it waits in the
+    backend until the device runs again (passthrough.user.migration rule 5)."""
+    wire_path = tmp_path / "wire.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as wire:
+        wire.bind(str(wire_path))
+        wire.listen(1)
+        wire.settimeout(20)
+        server = ServerProcess(tmp_path / "nic.sock", "e1000", ["--backend", f"socket:{wire_path}"],
+                               log=tmp_path / "nic.log")
+        link, _ = wire.accept()
+        vmm = Vmm.connect(server.socket_path)
+        try:
+            driver = E1000Driver(vmm.machine, _Clock())  # type: ignore[arg-type]
+            driver.probe()
+            driver.open()
+            descriptor = driver.rx_ring + 16 * driver.rx_clean
+            vmm.client.set_migration_state(VFIO_DEVICE_STATE_STOP)
+            vmm.client.dma_logging_start([(0, vmm.ram_size)])
+            link.send(_frame(driver.mac, 7, b"while stopped"))
+            time.sleep(0.5)
+            assert not any(vmm.client.dma_logging_report(0, vmm.ram_size))
+            assert not vmm.machine.memory.load_u8(descriptor + 12) & er.RXD_STAT_DD
+            vmm.client.set_migration_state(VFIO_DEVICE_STATE_RUNNING)
+            deadline = time.monotonic() + 20
+            while not vmm.machine.memory.load_u8(descriptor + 12) & er.RXD_STAT_DD:
+                assert time.monotonic() < deadline, "the frame never arrived once running"
+                time.sleep(0.01)
+            assert [f.data for f in driver.clean_rx()] == [_frame(driver.mac, 7, b"while stopped")]
+            assert any(vmm.client.dma_logging_report(0, vmm.ram_size))
+        finally:
+            vmm.close()
+            link.close()
+            server.stop()
