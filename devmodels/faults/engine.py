@@ -70,6 +70,7 @@ class ActiveFault:
     armed_ns: int | None  # None: waiting for ``arm``
     seen: int = 0
     fired: int = 0
+    starts: int = 0  # times a state fault took effect
     on: bool = False  # a state fault's effect is applied now
     ended: bool = False  # ended by the device (tx-hang until reset), or its count ran out
 
@@ -99,7 +100,7 @@ class ActiveFault:
     def describe(self) -> dict[str, object]:
         """The fault's data and its counters, for the control API's ``list``."""
         return {"fault": self.fault.to_dict(), "id": self.id, "armed": self.armed_ns is not None, "on": self.on,
-                "ended": self.ended, "seen": self.seen, "fired": self.fired}
+                "ended": self.ended, "seen": self.seen, "fired": self.fired, "starts": self.starts}
 
 
 @dataclass(order=True)
@@ -379,6 +380,7 @@ class FaultEngine:
             self._wake()
 
     def _start(self, active: ActiveFault) -> None:
+        active.starts += 1
         if _tp_fault.on:
             _tp_fault.emit(op="start", id=active.id)
         for actuator in self._actuators.get(active.fault.kind, []):

@@ -27,6 +27,8 @@ PROVIDERS: list[str] = [
     "harness.conformance.cases.ahci:cases",
     "harness.conformance.cases.e1000_tap:cases",
     "harness.conformance.cases.virtio_pci:cases",
+    "harness.conformance.cases.faults_disk:cases",
+    "harness.conformance.cases.faults_net:cases",
 ]
 
 
