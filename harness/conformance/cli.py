@@ -34,7 +34,15 @@ def main(argv: Sequence[str] = ()) -> int:
                              "and a ping flood) beside two CPU hogs, repeated (--only matches path names there)")
     parser.add_argument("--duration", type=int, default=60, metavar="S", help="with --stress: seconds of load per run")
     parser.add_argument("--repeat", type=int, default=3, metavar="N", help="with --stress: runs per path")
+    parser.add_argument("--faults", action="store_true",
+                        help="the fault rows: driver x fault -> expected / observed (docs/faults.md; --only matches "
+                             "case names)")
     args = parser.parse_args(list(argv))
+    if args.faults:
+        from .faults import run as run_faults
+
+        return run_faults(args.only, as_json=args.json, listing=args.list, serial_dir=args.serial_dir,
+                          timeout=args.timeout)
     if args.stress:
         from ..stress.cli import run as run_stress
 
