@@ -9,5 +9,7 @@ whenever a run has no figure. Each takes a ``boot`` seam that tests fill with
 To add an attachment path to a guest bench (``--path vfio-user``): add an
 ``Attachment(name, qemus, about)`` to the bench's ``PATHS`` and let its ``boot`` start our
 server and QEMU's client for ``config.path == name``; the options, the QEMU version check
-and the output come with it.
+and the output come with it. ``bench.vfio_user`` is the vfio-user one (``VFIO_USER``,
+``serve``, the ``-device`` JSON, our server's and QEMU's counters), used by ``e1000``,
+``ahci``, ``virtio-blk`` and ``paradigms``.
 """

@@ -14,9 +14,10 @@ Rules:
    I/O done). A run without a figure fails the bench; it is never left out of a median.
 3. Ratios compare equal numbers of runs per side (``compare`` refuses anything else), and the
    run count stands beside every ratio: key ``K`` with ``K_runs`` in JSON, ``(N runs)`` in text.
-4. Counters (server messages, server CPU) are sampled at the BEGIN and END of each run and
-   kept by (side, job, run): a lost sample costs that run its per-I/O figure and never
-   shifts another run's. Per-I/O figures say how many runs they cover.
+4. Counters (server messages, server CPU, the QEMU process's CPU) are sampled at the BEGIN
+   and END of each run and kept by (side, job, run): a lost sample costs that run its
+   per-I/O figure and never shifts another run's. Per-I/O figures say how many runs they
+   cover. ``Samplers`` joins several samplers (one per server, one for QEMU).
 5. A guest bench takes ``--path`` (how our device reaches the guest), ``--qemu``, ``--smp``
    and ``--maxcpus`` (``add_guest_options``), refuses combinations that cannot work, and by
    default boots a guest whose memory barriers hold. QEMU 7.2's TCG translates a guest whose

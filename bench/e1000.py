@@ -562,6 +562,8 @@ def run_mode(mode: str, runs: GuestRuns, received: list[dict[str, Any]], params:
     for job, unit in (("echo", "echo"), ("tcp", "mib")):
         for key, counters, scale in COUNTERS:
             value = per_io(runs, mode, job, counters, scale)
+            if value is None and key == "host_cpu_us":  # QEMU's own device: QEMU is all the host spends
+                value = per_io(runs, mode, job, (QEMU_CPU,), scale)
             if value is not None:
                 out[f"{key}_per_{unit}"], out[f"{key}_per_{unit}_runs"] = value.median, value.runs
     return out

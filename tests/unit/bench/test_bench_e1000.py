@@ -115,6 +115,7 @@ def test_over_vfio_user_ours_and_peer_share_one_guest_with_cpu_per_echo(capsys: 
     assert s["ours_qemu_cpu_us_per_echo"] == pytest.approx(2000.0)
     assert s["ours_host_cpu_us_per_echo"] == pytest.approx(3000.0)
     assert s["peer_qemu_cpu_us_per_echo"] == pytest.approx(500.0) and "peer_server_cpu_us_per_echo" not in s
+    assert s["peer_host_cpu_us_per_echo"] == pytest.approx(500.0)  # QEMU's own device: QEMU is the host's cost
     assert _main(["--path", "vfio-user"], _boot(counters=True)) == 0
     text = capsys.readouterr().out
     assert "path vfio-user" in text and "host CPU us/echo" in text and "ours/peer: echo 0.050 (3 runs)" in text
