@@ -25,7 +25,7 @@ from typing import Protocol
 from .._errors import UsageError
 from .._memory import GuestMemory
 from ..pci import FunctionInfo
-from ..testing import DriverError as _DriverError
+from ..testing import DriverError
 from .._trace import tracepoint
 from ..pci import defs
 from . import regs as r
@@ -101,10 +101,6 @@ class MachineLike(Protocol):
         """Firmware enumeration of bus 0 (BARs assigned)."""
         ...
 
-
-class DriverError(_DriverError):
-    """The device did not behave as the driver expects (what Linux would log and fail on);
-    a ``devmodels.testing.DriverError``."""
 
 
 @dataclass(frozen=True)
