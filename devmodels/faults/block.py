@@ -86,6 +86,20 @@ class _Tag:
     span: tuple[int, int] = (0, 0)  # persist: the range written out
 
 
+def _well_formed(request: object) -> bool:
+    """A request whose numbers faults can be judged on; the inner backend judges the rest
+    (``backends._block`` rule 2)."""
+    if not isinstance(request, BlockRequest) or not isinstance(request.op, BlockOp):
+        return False
+    counts = (request.offset, request.length)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        return False
+    try:
+        return all(isinstance(g, int) and isinstance(n, int) and g >= 0 and n >= 0 for g, n in request.segments)
+    except (TypeError, ValueError):
+        return False
+
+
 def _matches(fault: _DiskFault, request: BlockRequest) -> bool:
     op = request.op
     if op is BlockOp.FLUSH:
@@ -167,7 +181,7 @@ class FaultyBlockBackend:
             self._deferred.append((request, memory))  # torn rule 3
             return
         faults = self.engine.matching("disk", self.name)
-        if faults:
+        if faults and _well_formed(request):  # anything else is the inner backend's to judge
             now = self.engine.clock()
             for active in faults:
                 fault = active.fault

@@ -49,7 +49,7 @@ from ._served import VFIO_USER, ServedCase
 if TYPE_CHECKING:
     from ...qemu.launcher import BootResult
 
-__all__ = ["FaultCase", "GuestFaultChannel", "FAULT_HELPERS", "PANIC_PATTERN", "dmesg_section", "observations"]
+__all__ = ["FaultCase", "GuestFaultChannel", "FAULT_HELPERS", "PANIC_PATTERN", "dmesg_section", "kmsg", "observations"]
 
 PANIC_PATTERN = re.compile(r"Kernel panic|\bOops\b|BUG: |general protection fault|Call Trace:.*panic")
 
@@ -77,6 +77,14 @@ dmesg_dump() {  # the kernel log lines matching $1, between markers the host par
     echo "FAULT-DMESG-END"
 }
 """
+
+
+_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+
+
+def kmsg(line: str, width: int = 100) -> str:
+    """A kernel log line without its timestamp, at most ``width`` characters."""
+    return _TIMESTAMP.sub("", line)[:width]
 
 
 _OBSERVE = re.compile(r"^FAULT-OBSERVE (\S+) (yes|no) ?(.*)$", re.MULTILINE)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from devmodels.faults import FaultPlan, MediaError, StuckIo
 
-from ._faults import FaultCase, dmesg_section
+from ._faults import FaultCase, dmesg_section, kmsg
 
 if TYPE_CHECKING:
     from ...guest import ImageBuilder
@@ -172,7 +172,8 @@ class AhciMediaErrorCase(_AhciFaultCase):
         unc = [lba for status, error, lba in res if status & 0x01 and error & 0x40]
         fpdma = any("READ FPDMA QUEUED" in line for line in lines)
         checks["host.libata_lba"] = (bool(unc) and all(lba == BAD_LBA for lba in unc) and fpdma,
-                                     f"UNC at LBA {sorted(set(unc))} (READ FPDMA QUEUED: {fpdma}); res lines: {len(res)}")
+                                     f"{len(res)} libata res line(s), UNC at LBA {sorted(set(unc))}"
+                                     f"{' for READ FPDMA QUEUED' if fpdma else ', no READ FPDMA QUEUED failed'}")
         sectors = block_error_sectors(lines, "sda")
         checks["host.block_sector"] = (len(sectors) >= 2 and set(sectors) == {BAD_LBA},
                                        f"block layer errors at sectors {sectors}")
@@ -225,13 +226,14 @@ class AhciTimeoutCase(_AhciFaultCase):
         frozen = [line for line in lines if "ata1.00: exception" in line and "frozen" in line]
         timeout = [line for line in lines if "Emask 0x4 (timeout)" in line]
         checks["host.eh_timeout"] = (bool(frozen) and bool(timeout),
-                                     f"{(frozen[0] if frozen else 'no frozen exception')[-70:]}; "
-                                     f"{(timeout[0] if timeout else 'no timeout')[-45:]}")
+                                     f"{kmsg(frozen[0]) if frozen else 'no frozen exception'}; "
+                                     f"{'Emask 0x4 (timeout)' if timeout else 'no timeout'}")
         reset = [line for line in lines if "hard resetting link" in line or "COMRESET" in line]
         link_up = [line for line in lines if "SATA link up" in line]
+        back = [line for line in lines if "EH complete" in line]
         checks["host.port_reset"] = (bool(reset) and len(link_up) >= 2,
-                                     f"{len(reset)} reset line(s), link up {len(link_up)} time(s): "
-                                     + ((reset[0] if reset else "no reset")[-90:]))
+                                     f"{kmsg(reset[0]) if reset else 'no reset'}, then link up "
+                                     f"({len(link_up)} link-up lines in all){', EH complete' if back else ''}")
         return checks
 
 

@@ -40,7 +40,7 @@ GUEST_IP, HOST_IP = "10.0.2.15", "10.0.2.2"
 TAP_GUEST_IP, TAP_HOST_IP = "10.0.4.2", "10.0.4.1"
 SINK_PORT = 5001
 FLAP_MS = 3000
-SILENT_MS = 6000
+SILENT_MS = 10000
 TCP_BLOCKS = 32  # 64 KiB each: 2 MiB through the flap
 _PCI_IDS = {"e1000": ("8086:100e", "e1000"), "virtio_net": ("1af4:1041", "virtio_net")}
 
@@ -260,7 +260,7 @@ fault arm dead || {{ report net.armed FAIL "the host did not arm dead"; exit 0; 
 t0=$(cut -d. -f1 /proc/uptime)
 ping -c {SILENT_MS // 1000 + 4} -i 1 -W 1 {HOST_IP} > /tmp/ping.during 2>&1
 during=$(grep -o '[0-9]* packets received' /tmp/ping.during)
-said=$(dmesg | tail -n +$((before + 1)) | grep -E "e1000|eth0|NETDEV" | head -n 3 | cut -c 1-120 | tr '\n' '|')
+said=$(dmesg | tail -n +$((before + 1)) | grep -E "e1000|eth0|NETDEV" | head -n 3 | sed 's/^\[[ 0-9.]*\] //' | cut -c 1-110 | tr '\n' '|')
 if [ -n "$said" ]; then observe net.noticed yes "$said"
 else observe net.noticed no "the driver logged nothing while the device did not answer"; fi
 n=0

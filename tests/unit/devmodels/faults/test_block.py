@@ -201,6 +201,19 @@ class TestTornWrite:
         assert rig.read(60, 4)[1] == b"\x01" * SECTOR + b"\x02" * SECTOR + b"\x01" * 2 * SECTOR
 
 
+@pytest.mark.parametrize("request_", [
+    BlockRequest(BlockOp.READ, -512, 512, [(0x1000, 512)], "neg"),
+    BlockRequest(BlockOp.READ, 105 * SECTOR, 512, [("x", 512)], "seg"),  # type: ignore[list-item]
+    BlockRequest(BlockOp.READ, 105 * SECTOR, 512, 5, "notalist"),  # type: ignore[arg-type]
+    BlockRequest(BlockOp.READ, 105.0, 512, [(0x1000, 512)], "float"),  # type: ignore[arg-type]
+])
+def test_malformed_requests_go_to_the_inner_backend_which_refuses_them(rig: Rig, request_: BlockRequest) -> None:
+    rig.engine.add(MediaError(lba=105))
+    rig.disk.submit(request_, rig.memory)
+    completion = rig.collect()[request_.tag]
+    assert completion.status is BlockStatus.IO_ERROR and "media error" not in completion.error
+
+
 def test_on_a_raw_file_with_workers(tmp_path: Path) -> None:
     path = tmp_path / "disk.img"
     path.write_bytes(b"".join(pattern(s) for s in range(256)))
