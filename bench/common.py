@@ -571,7 +571,8 @@ class PerIoField:
 
 def fio_summary(runs: GuestRuns, jobs: Sequence[str], fields: Sequence[PerIoField] = ()) -> dict[str, Any]:
     """Per job: the medians and ratio with its run count, every run, and the per-I/O
-    ``fields``; the headline (``ours_iops``, ``peer_iops``, ``ratio``) when 4k randread ran.
+    ``fields``; the headline (``ours_iops``, ``peer_iops``, ``ratio`` and the ``fields`` of
+    that job) when 4k randread ran.
 
     Raises:
         BenchFailure: unequal run counts (``compare``).
@@ -590,6 +591,8 @@ def fio_summary(runs: GuestRuns, jobs: Sequence[str], fields: Sequence[PerIoFiel
     if HEADLINE_JOB in rows:
         head = rows[HEADLINE_JOB]
         out.update(ours_iops=head["ours"], peer_iops=head["peer"], ratio=head["ratio"], ratio_runs=head["ratio_runs"])
+        for f in fields:  # the headline's per-I/O figures beside its ratio (socket messages, CPU)
+            out[f.key], out[f"{f.key}_runs"] = head[f.key], head[f"{f.key}_runs"]
     out["jobs"] = rows
     return out
 

@@ -70,6 +70,7 @@ def test_ratio_messages_and_cpu_per_io_for_both_disks(capsys: pytest.CaptureFixt
     assert row["ours_server_cpu_us_per_io"] == pytest.approx(1.0)
     assert row["ours_qemu_cpu_us_per_io"] == pytest.approx(2.0) and row["peer_qemu_cpu_us_per_io"] == pytest.approx(4.0)
     assert row["ours_host_cpu_us_per_io"] == pytest.approx(3.0)
+    assert out["ours_messages_per_io"] == pytest.approx(0.25) and out["ours_messages_per_io_runs"] == 2  # headline
     assert out["parameters"]["packed"] is False and out["parameters"]["peer_drive"] == "cache=writeback,aio=threads"
     assert b.main(ARGS, boot=_boot()) == 0
     text = capsys.readouterr().out
