@@ -23,8 +23,10 @@ Rules:
    restorer opens (``devmodels._state`` rule 3), listed as the device registry's
    ``--backend`` words list them: e1000 and virtio-net take zero or one network backend,
    virtio-blk one block backend, AHCI one medium per port in port order (``None`` for an
-   empty CD tray or an empty port), testdev none. ``core_kinds()`` has the kinds of this
-   package (testdev, e1000, ahci); ``virtio.snapshot.snapshot_kinds()`` adds the virtio ones.
+   empty CD tray or an empty port), testdev none. Each device package declares its kind
+   (``devmodels.testdev.SNAPSHOT_KIND``, ``devmodels.e1000.SNAPSHOT_KIND``,
+   ``devmodels.ahci.SNAPSHOT_KIND``, ``virtio.snapshot.snapshot_kinds()``); this module
+   knows none of them, so the core stays below the devices.
 4. Writing takes a device at its quiesce point: ``save(device)`` calls ``quiesce()``,
    then ``state()``.
 5. Compatibility (``devmodels._state`` rule 8): a file written by any released format
@@ -56,7 +58,6 @@ __all__ = [
     "load_into",
     "rebuild",
     "one_backend",
-    "core_kinds",
 ]
 
 FORMAT = "devmodels-snapshot"
@@ -197,36 +198,3 @@ def one_backend(kind: str, backends: Sequence[Any], *, required: bool) -> Any:
         need = "one backend" if required else "at most one backend"
         raise UsageError(f"a {kind} snapshot is rebuilt with {need}, got {len(backends)}")
     return backends[0] if backends else None
-
-
-def _testdev(state: Any, memory: GuestMemory, backends: Sequence[Any]) -> Any:
-    from .testdev import PciTestDevice
-
-    if backends:
-        raise UsageError(f"a testdev snapshot is rebuilt without backends, got {len(backends)}")
-    return PciTestDevice.from_state(state, memory)
-
-
-def _e1000(state: Any, memory: GuestMemory, backends: Sequence[Any]) -> Any:
-    from .e1000 import E1000
-
-    return E1000.from_state(state, memory, one_backend("e1000", backends, required=False))
-
-
-def _ahci(state: Any, memory: GuestMemory, backends: Sequence[Any]) -> Any:
-    from .ahci import AhciController
-
-    return AhciController.from_state(state, memory, backends)
-
-
-def core_kinds() -> dict[str, SnapshotKind]:
-    """The kinds of the devices in this package (rule 3)."""
-    from .ahci.state import AhciState
-    from .e1000.state import E1000State
-    from .testdev.device import PciTestDeviceState
-
-    return {
-        "testdev": SnapshotKind("testdev", PciTestDeviceState, _testdev),
-        "e1000": SnapshotKind("e1000", E1000State, _e1000, "zero or one network backend"),
-        "ahci": SnapshotKind("ahci", AhciState, _ahci, "one medium per port, in port order (None: empty tray or port)"),
-    }

@@ -23,9 +23,11 @@ from .fis import TaskFile, build_d2h, build_dma_setup, build_h2d, build_pio_setu
 from .hba import AhciController
 from .identify import DriveInfo, ata_string, identify_device, identify_packet_device
 from .port import AhciPort, LinkState
+from .snapshot import SNAPSHOT_KIND
 from .state import AhciState, AtaDiskState, AtapiState, PortState
 
 __all__ = [
+    "SNAPSHOT_KIND",
     "defs",
     "layouts",
     "regs",

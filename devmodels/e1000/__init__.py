@@ -24,8 +24,10 @@ from .errors import (
 from .phy import M88Phy
 from .rx import RxResult
 from .state import E1000State
+from .snapshot import SNAPSHOT_KIND
 
 __all__ = [
+    "SNAPSHOT_KIND",
     "layouts",
     "offload",
     "regs",

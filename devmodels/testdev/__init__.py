@@ -2,5 +2,6 @@
 
 from . import regs
 from .device import PciTestDevice, PciTestDeviceState
+from .snapshot import SNAPSHOT_KIND
 
-__all__ = ["regs", "PciTestDevice", "PciTestDeviceState"]
+__all__ = ["SNAPSHOT_KIND", "regs", "PciTestDevice", "PciTestDeviceState"]

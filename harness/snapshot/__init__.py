@@ -3,7 +3,7 @@
 Rules:
 
 1. ``all_kinds()`` is every kind a snapshot file can name: the core's (testdev, e1000,
-   ahci; ``devmodels.snapshot_file.core_kinds``) and virtio's (virtio-blk, virtio-net and
+   ahci; each package's ``SNAPSHOT_KIND``) and virtio's (virtio-blk, virtio-net and
    their ``-pci`` forms; ``virtio.snapshot.snapshot_kinds``).
 2. A snapshot carries the device's constructor arguments, never its host resources. The
    restorer names the backends with the same ``--backend`` words the device registry
@@ -32,9 +32,11 @@ DISK_KINDS = frozenset({"ahci", "virtio-blk", "virtio-blk-pci"})
 
 def all_kinds() -> dict[str, SnapshotKind]:
     """Every kind (rule 1)."""
+    from devmodels import ahci, e1000, testdev
     from virtio.snapshot import snapshot_kinds
 
-    return {**snapshot_file.core_kinds(), **snapshot_kinds()}
+    return {**{kind.name: kind for kind in (testdev.SNAPSHOT_KIND, e1000.SNAPSHOT_KIND, ahci.SNAPSHOT_KIND)},
+            **snapshot_kinds()}
 
 
 def open_backends(kind: str, specs: Sequence[str], opts: Sequence[str] = ()) -> list[Any]:
