@@ -247,7 +247,7 @@ def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
                      processes_alive({side: s.process for side, s in servers.items()}, logs), logs)
 
 
-# metric: (label, unit, job, what) — what: "value" (the run's figure), "latency" (1e6 / figure),
+# per pair: (key, label, unit, job, what); what: ("value",) the run's figure, ("latency",) 1e6 / figure,
 # or the counters summed per I/O (scaled to us for CPU).
 _METRICS: dict[str, list[tuple[str, str, str, str, tuple[str, ...]]]] = {
     "net": [
