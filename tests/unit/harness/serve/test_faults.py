@@ -152,3 +152,58 @@ def test_vfio_user_server_with_a_plan_and_the_control_socket(tmp_path: Path) -> 
             os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert not control.exists()
+
+
+def test_vhost_user_blk_process_with_a_media_error_and_a_slow_read(tmp_path: Path) -> None:
+    """Disk faults over vhost-user, where the loop has no timers of its own: the slow read
+    is released by the fault engine's timer thread."""
+    from virtio.blk.layouts import VIRTIO_BLK_REQ_HDR
+    from virtio.blk.defs import VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN
+    from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED
+    from virtio.testing import make_driver
+    from virtio.vhost_user.testing import FakeFrontEnd, SharedRam
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"faults": [{"kind": "disk.media-error", "lba": 8, "sectors": 8},
+                                           {"kind": "disk.slow", "lba": 16, "sectors": 8, "delay_ms": 400}]}))
+    path = tmp_path / "vu.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "devmodels", "vhost-user", "--socket", str(path), "--device",
+                             "virtio-blk", "--backend", f"file:{image}", "--faults", str(plan)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+    ram = SharedRam.create()
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        fe = FakeFrontEnd(sock, ram, timeout=10.0)
+        features = fe.get_features() & ~(1 << VIRTIO_F_RING_PACKED | 1 << VIRTIO_F_EVENT_IDX)
+        fe.handshake(features)
+        driver = make_driver(ram.memory, 64, base=0x100000)
+        fe.setup_ring(0, driver)
+        start = time.monotonic()
+        for sector in (0, 8, 16, 24):
+            driver.add([VIRTIO_BLK_REQ_HDR.pack(VIRTIO_BLK_T_IN, 0, sector)], [4096, 1], token=sector)
+        driver.kick()
+        fe.kick(0)
+        status: dict[int, tuple[int, float]] = {}
+        while len(status) < 4 and time.monotonic() - start < 20:
+            fe.wait_call(0, timeout=1.0)
+            for used in driver.reap():
+                status[used.token] = (ram.memory.load_u8(used.writable[-1][0]), time.monotonic() - start)
+        assert {s: code for s, (code, _) in status.items()} == {0: VIRTIO_BLK_S_OK, 8: VIRTIO_BLK_S_IOERR,
+                                                                16: VIRTIO_BLK_S_OK, 24: VIRTIO_BLK_S_OK}
+        assert status[16][1] >= 0.4 > status[24][1]
+        fe.close()
+    finally:
+        ram.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()
