@@ -207,3 +207,32 @@ def test_vhost_user_blk_process_with_a_media_error_and_a_slow_read(tmp_path: Pat
         assert proc.wait(30) == 0
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_mpqemu_server_applies_pci_faults_between_the_proxy_and_the_function(tmp_path: Path) -> None:
+    from devmodels.pci import defs as p
+    from mpqemu.testing import FakeProxy
+
+    control = tmp_path / "faults.sock"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"faults": [{"kind": "pci.no-response", "id": "dead", "armed": False}]}))
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-m", "devmodels", "mpqemu", "--fd", str(ours.fileno()), "--device",
+                             "testdev", "--faults", str(plan), "--fault-socket", str(control)],
+                            pass_fds=[ours.fileno()], env=_env())
+    ours.close()
+    bar0 = 0xFEBF_0000
+    try:
+        proxy = FakeProxy(theirs, timeout=60)
+        proxy.config_write(p.PCI_BASE_ADDRESS_0, bar0, 4)
+        proxy.config_write(p.PCI_COMMAND, p.PCI_COMMAND_MEMORY, 2)
+        assert proxy.bar_read(bar0 + r.ID, 4) == r.TESTDEV_MAGIC
+        with FaultClient(control) as client:
+            client.arm("dead")
+            assert proxy.bar_read(bar0 + r.ID, 4) == 0xFFFF_FFFF
+            assert proxy.config_read(p.PCI_VENDOR_ID, 2) == 0xFFFF
+            client.remove("dead")
+        assert proxy.bar_read(bar0 + r.ID, 4) == r.TESTDEV_MAGIC
+    finally:
+        theirs.close()
+        assert proc.wait(60) == 0
