@@ -138,14 +138,17 @@ class FaultControlServer:
         self.requests += 1
         try:
             request = json.loads(line)
-        except ValueError as exc:
-            return {"ok": False, "error": f"not JSON: {exc}"}
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+            return {"ok": False, "error": f"not JSON: {type(exc).__name__}: {str(exc)[:200]}"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "a request is a JSON object"}
         try:
             return {"ok": True, **self.handle(request)}
         except UsageError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end the device's loop (rule 2)
+            _log.exception("fault control request %r failed", request.get("op"))
+            return {"ok": False, "error": f"internal error: {exc!r}"}
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Run one request; its answer's fields besides ``ok``.

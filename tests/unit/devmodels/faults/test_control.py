@@ -118,10 +118,12 @@ def test_garbage_and_floods_do_not_hurt_the_server(served: Served, tmp_path: Pat
     path = str(tmp_path / "faults.sock")
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     raw.connect(path)
-    raw.sendall(b"not json\n[1,2]\n")
+    raw.sendall(b"not json\n[1,2]\n" + b"[" * 60000 + b"\n" + b'{"op": "add", "fault": {"kind": "net.drop", "rate": NaN}}\n')
     reader = raw.makefile("rb")
     assert json.loads(reader.readline())["ok"] is False
     assert "JSON object" in json.loads(reader.readline())["error"]
+    assert "not JSON" in json.loads(reader.readline())["error"]  # nested too deep
+    assert "rate=nan" in json.loads(reader.readline())["error"]
     raw.sendall(b"x" * (MAX_LINE + 10))  # no newline: the connection is dropped
     deadline = time.monotonic() + 5
     while raw.recv(1) and time.monotonic() < deadline:
