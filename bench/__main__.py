@@ -2,7 +2,7 @@
 
 To add one, write ``bench/<name>.py`` with ``main(argv) -> int`` and add a line below.
 Modules are imported only when their subcommand runs, so one missing piece never breaks
-the others (as ``devmodels._cli``).
+the others (as ``devmodels.cli``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from devmodels._cli import dispatch
+from devmodels.cli import dispatch
 
 __all__ = ["SUBCOMMANDS", "main"]
 

@@ -200,7 +200,7 @@ def _wait_then_end(server: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def boot(config: GuestConfig, params: Params, work: Path) -> Iterator[Booted]:
     """Build the image, start our server and QEMU; yield the booted guest; end them all."""
-    from harness.conformance.cases._served import POLLED_INTX_APPEND
+    from harness.conformance.cases import POLLED_INTX_APPEND
     from harness.guest import ImageBuilder
     from harness.qemu.launcher import QemuLauncher
 
@@ -270,7 +270,7 @@ def run_host(*, seconds: float, size_mb: int, workdir: Path, ours_opts: Sequence
     import select
     import time
 
-    from devmodels._memory import GuestMemory, MemoryRegion
+    from devmodels import GuestMemory, MemoryRegion
     from devmodels.ahci import regs as r
     from devmodels.ahci.testing import AhciDriver
     from devmodels.pci.defs import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY

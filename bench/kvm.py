@@ -44,8 +44,7 @@ from typing import Any
 
 from bench.common import BenchFailure, run_main
 from devmodels import Machine
-from kvm import KvmMachine, RunResult, unavailable
-from kvm import _abi as abi
+from kvm import abi, KvmMachine, RunResult, unavailable
 from kvm.payloads import build, compiler_missing
 
 __all__ = ["main"]

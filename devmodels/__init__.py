@@ -40,7 +40,7 @@ from ._irq import (
     Trigger,
     TriggerLevelSink,
 )
-from ._machine import InterruptController, Machine, pci_intx_gsi
+from ._machine import MMIO32_WINDOW, MMIO64_WINDOW, InterruptController, Machine, pci_intx_gsi
 from ._memory import ADDRESS_LIMIT, Access, GuestMemory, MemoryRegion, Translator
 from ._regs import Reg, RegisterFile
 from ._regs import Access as RegAccess
@@ -88,6 +88,8 @@ __all__ = [
     "GuestMemory",
     "MemoryRegion",
     "Translator",
+    "MMIO32_WINDOW",
+    "MMIO64_WINDOW",
     "ADDRESS_LIMIT",
     "Reg",
     "RegAccess",

@@ -1,7 +1,7 @@
-"""``python -m devmodels``: see ``devmodels._cli``."""
+"""``python -m devmodels``: see ``devmodels.cli``."""
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 sys.exit(main())

@@ -33,7 +33,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from devmodels._fds import close_fds
+from devmodels.fds import close_fds
 
 from ._rig import Finding
 

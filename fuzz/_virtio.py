@@ -64,7 +64,7 @@ def _roundtrip(rig: Rig, transport: Any) -> None:
 def ring_check(driver: TransportDriver, notify: Callable[[int], None], rig: Rig, request: Callable[[Any], bytes],
                expect: bytes) -> None:
     """Negotiate VERSION_1, set up queue 0, post ``request(ring)``, check the reply is ``expect``."""
-    if driver.negotiate(1 << VIRTIO_F_VERSION_1) is None:
+    if driver.try_negotiate(1 << VIRTIO_F_VERSION_1) is None:
         raise Finding("reset", "the device refused VERSION_1 after reset")
     ring = make_driver(rig.machine.memory, 8, base=_RING_BASE, data_size=0x8000)
     layout = ring.layout
@@ -197,7 +197,7 @@ def bring_up(rec: Any, features: int, *, size: int = 8, queues: int = 1, **ring_
     from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED
 
     driver = transport_driver(rec.rig)
-    accepted = driver.negotiate(features | 1 << VIRTIO_F_VERSION_1)
+    accepted = driver.try_negotiate(features | 1 << VIRTIO_F_VERSION_1)
     if accepted is None:
         raise RuntimeError(f"seed: features {features:#x} refused")
     rings = []

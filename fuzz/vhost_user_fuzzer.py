@@ -35,7 +35,7 @@ with instrumented(__name__):
     from typing import Any
 
     from devmodels import GuestMemory
-    from devmodels._fds import close_fds
+    from devmodels.fds import close_fds
     from devmodels.backends import MemoryDiskBackend
     from fuzz._echo import make_echo
     from fuzz._execute import Guard

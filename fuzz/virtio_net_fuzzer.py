@@ -99,7 +99,7 @@ class NetRig(VirtioPciRig):
         self.config_write(pcidefs.PCI_COMMAND, 2, pcidefs.PCI_COMMAND_MEMORY | pcidefs.PCI_COMMAND_MASTER)
         self.regions = [(self.machine.mmio, b.address, b.size) for b in infos[0].bars if b.address is not None]
         driver = PciDriver(self.machine, self.devfn)
-        if driver.negotiate(1 << VIRTIO_F_VERSION_1) is None:
+        if driver.try_negotiate(1 << VIRTIO_F_VERSION_1) is None:
             raise Finding("reset", "virtio-net refused VERSION_1 after reset")
         rings = []
         for index in range(2):

@@ -7,7 +7,7 @@ missing or refuses. ``unavailable()`` says why KVM cannot run guests here, for s
 - ``KvmMachine``: a ``devmodels.Machine`` run by one vCPU, exits dispatched to its buses,
   devices served by ``devmodels.runtime.DeviceRunner``, interrupts through KVM's irqchip
   (``_vmm``, ``_irqs``, ``_kick``);
-- ``Kvm``, ``Vm``, ``Vcpu``: the ioctls (``_system``, ``_vm``, ``_vcpu``, ``_ioctl``, ``_abi``);
+- ``Kvm``, ``Vm``, ``Vcpu``: the ioctls (``_system``, ``_vm``, ``_vcpu``, ``_ioctl``, ``abi``);
 - ``ElfImage``: ELF payloads parsed with pyelftools, checked and loaded (``_elf``); the
   64-bit entry state is set up by the loader (``_boot``);
 - ``kvm.payloads``: the freestanding C device-test payloads and their builder.

@@ -25,10 +25,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from devmodels import GuestMemory
-from devmodels._machine import MMIO64_WINDOW
+from devmodels import GuestMemory, MMIO64_WINDOW
 
-from . import _abi as abi
+from . import abi as abi
 
 if TYPE_CHECKING:
     from ._vcpu import Vcpu

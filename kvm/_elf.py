@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devmodels import GuestMemory, UsageError
-from devmodels._memory import Access
+from devmodels import Access, GuestMemory, UsageError
 
 __all__ = ["ElfError", "ElfImage", "Segment", "Symbol", "Note", "Window", "MAX_FILE", "MAX_SEGMENTS", "MAX_SYMBOLS",
            "MAX_NOTES"]

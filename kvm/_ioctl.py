@@ -23,7 +23,7 @@ from typing import Any
 
 from devmodels import HostError
 
-from ._abi import IOCTLS
+from .abi import IOCTLS
 
 __all__ = ["KvmError", "ioctl", "run_ioctl"]
 

@@ -22,7 +22,7 @@ import os
 from typing import Literal
 
 from devmodels import MsiMessage
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 
 from ._ioctl import KvmError
 from ._vm import IOAPIC_PINS, Vm

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ._abi import CAPS, KVM_API_VERSION, cpuid2
+from .abi import CAPS, KVM_API_VERSION, cpuid2
 from ._ioctl import KvmError, ioctl
 
 __all__ = ["Kvm", "DEV_KVM", "unavailable"]

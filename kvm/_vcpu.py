@@ -20,7 +20,7 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
-from . import _abi as abi
+from . import abi as abi
 from ._ioctl import ioctl, run_ioctl
 
 if TYPE_CHECKING:

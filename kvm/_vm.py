@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from devmodels import MemoryRegion, UsageError
 
-from . import _abi as abi
+from . import abi as abi
 from ._ioctl import ioctl
 from ._system import Kvm
 from ._vcpu import Vcpu

@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devmodels import Bus, BusDevice, BusMapping, Machine, UsageError
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 from devmodels.pci import PciFunction
 from devmodels.runtime import DeviceRunner, ServedDevice
 
-from . import _abi as abi
+from . import abi as abi
 from ._boot import BOOT_AREA, enter
 from ._elf import ElfImage, Window
 from ._ioctl import KvmError, run_ioctl

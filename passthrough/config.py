@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devmodels.pci import CapabilityList, ConfigSpace
-from devmodels.pci import defs as pcidefs
+from devmodels.pci import CapabilityList, ConfigSpace, defs as pcidefs
 
 __all__ = ["MAX_CAP_LINKS", "CapabilityEntry", "ConfigPolicy", "walk_capabilities", "msi_length", "PlacedCapabilityList"]
 

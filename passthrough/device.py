@@ -35,9 +35,8 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-from devmodels import GuestMemory, HostError, UsageError, trace
-from devmodels.pci import BarKind, MsiCapability, MsixCapability, PciFunction
-from devmodels.pci import defs as pcidefs
+from devmodels import GuestMemory, HostError, trace, UsageError
+from devmodels.pci import BarKind, defs as pcidefs, MsiCapability, MsixCapability, PciFunction
 
 from .backend import RegionInfo, VfioDeviceBackend
 from .config import ConfigPolicy, PlacedCapabilityList, msi_length, walk_capabilities

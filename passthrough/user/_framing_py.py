@@ -36,7 +36,7 @@ try:
 except ImportError:  # Cython is a build tool; without it this module only runs interpreted.
     from . import _cython_shim as cython
 
-from devmodels._fds import add_fds_bounded, close_fds
+from devmodels.fds import add_fds_bounded, close_fds
 
 from ..defs import (
     VFIO_USER_F_ERROR,

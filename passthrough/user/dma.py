@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from devmodels import Access, GuestMemory, GuestMemoryError, HostError, MemoryRegion, UsageError
-from devmodels._fds import close_fds
+from devmodels.fds import close_fds
 
 from ..defs import VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE
 from ..errors import VfioUserReject

@@ -17,7 +17,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from devmodels._accel import NO_EXTENSIONS
+from devmodels import NO_EXTENSIONS
 
 from . import _framing_py
 

@@ -51,8 +51,7 @@ import struct
 from collections.abc import Sequence
 
 from devmodels import trace
-from devmodels.pci import PciFunction
-from devmodels.pci import defs as pcidefs
+from devmodels.pci import defs as pcidefs, PciFunction
 
 from ..backend import IrqInfo
 from ..defs import (

@@ -85,9 +85,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from devmodels import GuestMemory, GuestMemoryError, trace
-from devmodels.pci import PciFunction
+from devmodels.pci import defs as pcidefs, PciFunction
 from devmodels.runtime import DeviceRunner, EventLoop
-from devmodels.pci import defs as pcidefs
 
 from ..defs import (
     VFIO_DEVICE_FLAGS_PCI,

@@ -11,6 +11,7 @@ and descriptors, so hostile messages are one call away); replies are read with a
 and parsed without trusting the back-end (a malformed reply raises ``FrontEndError``).
 """
 
+from devmodels.testing import DeviceProtocolError
 from __future__ import annotations
 
 import array
@@ -57,7 +58,7 @@ USER_BASE = 0x7F00_0000_0000
 """Where the fake front-end pretends guest RAM is mapped in its own address space."""
 
 
-class FrontEndError(AssertionError):
+class FrontEndError(DeviceProtocolError):
     """The back-end answered something a correct back-end does not (or did not answer)."""
 
 

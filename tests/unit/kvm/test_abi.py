@@ -1,4 +1,4 @@
-"""kvm._abi against the host's <linux/kvm.h>: every ioctl number and structure size."""
+"""kvm.abi against the host's <linux/kvm.h>: every ioctl number and structure size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvm import _abi as abi
+from kvm import abi as abi
 from tests.prerequisites import prerequisite
 
 _HEADER = Path("/usr/include/linux/kvm.h")

@@ -6,7 +6,7 @@ import struct
 
 from devmodels import GuestMemory, MemoryRegion
 from devmodels._machine import MMIO64_WINDOW
-from kvm import _abi as abi
+from kvm import abi as abi
 from kvm._boot import BOOT_AREA, GDT, PML4, long_mode_sregs, write_boot_structures
 
 

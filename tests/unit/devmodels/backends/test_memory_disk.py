@@ -49,7 +49,7 @@ def test_initial_data_and_host_access():
         with pytest.raises(UsageError):
             disk.read_at(4095, 2)
     with pytest.raises(UsageError):
-        MemoryDiskBackend(4, data=b"12345")
+        MemoryDiskBackend(512, data=bytes(513))
     for size in (0, -1, 1.5, True):
         with pytest.raises(UsageError):
             MemoryDiskBackend(size)  # type: ignore[arg-type]
