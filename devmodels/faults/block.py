@@ -176,12 +176,15 @@ class FaultyBlockBackend:
 
     def submit(self, request: BlockRequest, memory: GuestMemory) -> None:
         """Apply the first fault that acts on ``request``, else pass it on (rule 1)."""
+        if not _well_formed(request):
+            self.inner.submit(request, memory)  # the inner backend judges it (``backends._block`` rule 2)
+            return
         torn = self._torn
         if torn.busy and torn.is_busy(request.offset, request.length) and request.op is not BlockOp.FLUSH:
             self._deferred.append((request, memory))  # torn rule 3
             return
         faults = self.engine.matching("disk", self.name)
-        if faults and _well_formed(request):  # anything else is the inner backend's to judge
+        if faults:
             now = self.engine.clock()
             for active in faults:
                 fault = active.fault
@@ -201,7 +204,8 @@ class FaultyBlockBackend:
             if request.op is BlockOp.READ and torn.overlaps(request.offset, request.length):
                 tag = tag or _Tag(request.tag, "plain")
                 tag.overlay = (request, memory)
-            elif request.op in (BlockOp.WRITE, BlockOp.WRITE_ZEROES, BlockOp.DISCARD):
+            elif (request.op in (BlockOp.WRITE, BlockOp.WRITE_ZEROES, BlockOp.DISCARD)
+                  and request.offset + request.length <= self.capacity):  # one the inner backend refuses changes nothing
                 torn.drop(request.offset, request.length)
         if tag is not None:
             request = BlockRequest(request.op, request.offset, request.length, request.segments, tag, request.unmap)

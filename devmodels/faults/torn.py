@@ -16,7 +16,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._memory import GuestMemory, MemoryRegion
 
@@ -84,39 +84,39 @@ class TornCache:
         self.torn += 1
         return group
 
+    def _keys(self, table: Mapping[int, object], offset: int, length: int) -> list[int]:
+        """The keys of ``table`` in the blocks ``[offset, offset+length)`` touches, found by
+        walking whichever is shorter: the range or the table (a guest's discard of the whole
+        disk costs no more than the blocks held)."""
+        if not table:
+            return []
+        first = offset - offset % self.block
+        end = offset + max(length, 1)
+        if (end - first) // self.block <= len(table):
+            return [key for key in range(first, end, self.block) if key in table]
+        return sorted(key for key in table if first <= key < end)
+
     def overlaps(self, offset: int, length: int) -> bool:
         """Whether ``[offset, offset+length)`` touches held blocks."""
-        if not self.held:
-            return False
-        first = offset - offset % self.block
-        return any(key in self.held for key in range(first, offset + length, self.block))
+        return bool(self._keys(self.held, offset, length))
 
     def is_busy(self, offset: int, length: int) -> bool:
         """Whether a write-out of a block in the range is in flight (rule 3)."""
-        if not self.busy:
-            return False
-        first = offset - offset % self.block
-        return any(key in self.busy for key in range(first, offset + max(length, 1), self.block))
+        return bool(self._keys(self.busy, offset, length))
 
     def overlay(self, memory: GuestMemory, offset: int, length: int, segments: Sequence[tuple[int, int]]) -> None:
         """Copy held blocks over a read of ``[offset, offset+length)`` into ``segments`` (rule 2)."""
-        first = offset - offset % self.block
-        for key in range(first, offset + length, self.block):
-            data = self.held.get(key)
-            if data is None:
-                continue
+        for key in self._keys(self.held, offset, length):
+            data = self.held[key]
             lo, hi = max(key, offset), min(key + self.block, offset + length)
             scatter(memory, segments, lo - offset, data[lo - key : hi - key])
 
     def drop(self, offset: int, length: int) -> None:
         """Forget held blocks a newer write of the range supersedes (rule 2)."""
-        if not self.held:
-            return
-        first = offset - offset % self.block
-        for key in range(first, offset + length, self.block):
-            if self.held.pop(key, None) is not None:
-                for blocks in self.groups.values():
-                    blocks.discard(key)
+        for key in self._keys(self.held, offset, length):
+            del self.held[key]
+            for blocks in self.groups.values():
+                blocks.discard(key)
 
     def take(self, group: int | None = None) -> list[tuple[int, bytes]]:
         """Remove ``group``'s blocks (all with None) for writing out, as contiguous runs

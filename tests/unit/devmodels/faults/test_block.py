@@ -190,6 +190,18 @@ class TestTornWrite:
         assert rig.inner.read_at(10 * SECTOR, 3 * SECTOR) == b"\x22" * 3 * SECTOR  # type: ignore[attr-defined]
         assert not rig.disk.torn.held
 
+    def test_a_whole_disk_discard_costs_what_is_held(self, rig: Rig) -> None:
+        rig.engine.add(TornWrite(keep_sectors=1))
+        rig.write(70, b"\x03" * 2 * SECTOR)
+        start = time.monotonic()
+        for op in (BlockOp.DISCARD, BlockOp.READ):  # past capacity: the inner backend refuses them
+            rig.disk.submit(BlockRequest(op, 0, 1 << 50, [(0x1000, 1 << 50)] if op is BlockOp.READ else (), op), rig.memory)
+        assert time.monotonic() - start < 1.0
+        assert {rig.collect()[op].status for op in (BlockOp.DISCARD, BlockOp.READ)} == {BlockStatus.IO_ERROR}
+        assert len(rig.disk.torn.held) == 1  # a refused discard supersedes nothing
+        rig.disk.submit(BlockRequest(BlockOp.DISCARD, 0, DISK, (), "all"), rig.memory)
+        assert rig.collect()["all"].status is BlockStatus.OK and not rig.disk.torn.held
+
     def test_a_newer_write_wins_over_a_held_tail(self, rig: Rig) -> None:
         fid = rig.engine.add(TornWrite(persist_ms=50))
         rig.write(60, b"\x01" * 4 * SECTOR)
