@@ -85,7 +85,7 @@ class _MsiGate:
 
     def deliver_msi(self, address: int, data: int) -> None:
         owner = self.owner
-        if owner.silent or owner._lose_interrupt(owner.vector_of(address, data)):
+        if owner.silent or (owner.engine and owner._lose_interrupt((address, data))):
             owner.stats.msi_lost += 1
             return
         self.real.deliver_msi(address, data)
@@ -204,20 +204,29 @@ class PciFaults:
 
     # -- pci.lost-irq (rule 2) ---------------------------------------------------------------
 
-    def _lose_interrupt(self, vector: int | None) -> bool:
+    def _lose_interrupt(self, message: tuple[int, int] | None) -> bool:
+        """Whether a lost-irq fault takes this interrupt: an MSI ``(address, data)``, or
+        INTx (None). The vector is looked up only for a fault that names one."""
         engine = self.engine
         if not engine:
             return False
         now = engine.clock()
+        vector: int | None = None
+        looked_up = False
         for active in engine.matching("pci", self.name):
             fault = active.fault
             if not isinstance(fault, LostInterrupt):
                 continue
-            if fault.vector is not None and fault.vector != vector:
-                continue
+            if fault.vector is not None:
+                if message is None:
+                    continue  # a vector names an MSI/MSI-X message, not INTx
+                if not looked_up:
+                    vector, looked_up = self.vector_of(*message), True
+                if fault.vector != vector:
+                    continue
             if engine.decide(active, now):
                 if _tp_pci.on:
-                    _tp_pci.emit(fault=active.id, lost="intx" if vector is None else f"vector {vector}")
+                    _tp_pci.emit(fault=active.id, lost="intx" if message is None else f"msi {message}")
                 return True
         return False
 
