@@ -176,10 +176,13 @@ class FaultyBlockBackend:
 
     def submit(self, request: BlockRequest, memory: GuestMemory) -> None:
         """Apply the first fault that acts on ``request``, else pass it on (rule 1)."""
+        torn = self._torn
+        if not self.engine and not torn.held and not torn.busy:
+            self.inner.submit(request, memory)  # the fast path: nothing to apply
+            return
         if not _well_formed(request):
             self.inner.submit(request, memory)  # the inner backend judges it (``backends._block`` rule 2)
             return
-        torn = self._torn
         if torn.busy and torn.is_busy(request.offset, request.length) and request.op is not BlockOp.FLUSH:
             self._deferred.append((request, memory))  # torn rule 3
             return
