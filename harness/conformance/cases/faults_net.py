@@ -79,12 +79,12 @@ fault arm tx-hang || {{ report net.armed FAIL "the host did not arm tx-hang"; ex
 ping -c 200 -i 0.5 -W 1 {HOST_IP} > /tmp/ping.during 2>&1 &
 pinger=$!
 if wait_log "Detected Tx Unit Hang" 30; then
-    report net.hang_detected PASS "$(dmesg | grep -m 1 'Detected Tx Unit Hang' | cut -c 1-100)"
+    report net.hang_detected PASS "$(dmesg | grep -m 1 'Detected Tx Unit Hang' | sed 's/^\[[ 0-9.]*\] //' | cut -c 1-100)"
 else
     report net.hang_detected FAIL "no 'Detected Tx Unit Hang' 30 s after the transmitter stopped"
 fi
 if wait_log "Reset adapter" 12; then
-    observe net.self_reset yes "$(dmesg | grep -m 1 'Reset adapter' | cut -c 1-100)"
+    observe net.self_reset yes "$(dmesg | grep -m 1 'Reset adapter' | sed 's/^\[[ 0-9.]*\] //' | cut -c 1-100)"
 else
     observe net.self_reset no "no 'Reset adapter' 12 s after the hang was detected ($(dmesg | grep -c 'Detected Tx Unit Hang') hang reports)"
 fi
