@@ -11,7 +11,6 @@ and descriptors, so hostile messages are one call away); replies are read with a
 and parsed without trusting the back-end (a malformed reply raises ``FrontEndError``).
 """
 
-from devmodels.testing import DeviceProtocolError
 from __future__ import annotations
 
 import array
@@ -21,6 +20,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from devmodels.testing import DeviceProtocolError
 from devmodels import GuestMemory, MemoryRegion
 
 from .defs import (
