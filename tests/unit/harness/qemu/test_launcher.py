@@ -92,7 +92,7 @@ def test_argv_has_the_fixed_machine(images: tuple[Path, Path]) -> None:
                  "-serial stdio", "-no-reboot", f"-kernel {images[0]}", f"-initrd {images[1]}"):
         assert part in joined, part
     assert argv[-2:] == ["-device", "e1000,netdev=n0"]
-    assert vm.cmdline() == "console=ttyS0 panic=-1 loglevel=4 devmodels.test=smoke quiet"
+    assert vm.cmdline() == "console=ttyS0 panic=-1 loglevel=4 no_timer_check devmodels.test=smoke quiet"
     assert "memory-backend-memfd" not in joined
 
 
