@@ -109,9 +109,11 @@ class VhostUserServer:
         stack.callback(_end, self.process)
 
     def wait_listening(self) -> None:
-        """Return once the socket exists (rule 2)."""
+        """Return once the server says it is listening (rule 2): its "listening on" line comes after
+        its signal handlers are in place, so a SIGTERM from then on ends it cleanly; the socket file
+        alone appears a moment earlier."""
         deadline = time.monotonic() + _LISTEN_TIMEOUT
-        while not self.socket_path.exists():
+        while not (self.socket_path.exists() and b"listening on" in self.log.read_bytes()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise HostError(f"devmodels vhost-user did not start: {self.log.read_text(errors='replace')[-500:]}")
             time.sleep(0.05)
