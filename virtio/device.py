@@ -77,12 +77,11 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import construct as cs
 
-from devmodels import GuestError, GuestMemory, UsageError
+from devmodels import GuestError, GuestMemory, SnapshotError, UsageError
 from devmodels.args import check_memory
 from devmodels.snapshot import check_bool, check_bytes, check_int, check_type, check_version, require_quiesced
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 from devmodels.runtime import ServedDeviceDefaults
-from devmodels._errors import SnapshotError
 
 from .defs import (
     DEVICE_NEEDS_RESET,

@@ -22,7 +22,7 @@ Rules:
 from __future__ import annotations
 
 from devmodels import UsageError
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 
 from . import defs as _defs
 from .defs import VIRTIO_F_VERSION_1, VIRTIO_FEATURE_BITS

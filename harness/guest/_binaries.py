@@ -17,7 +17,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ._tools import require_tool
 
 __all__ = ["ELF_MAGIC", "is_elf", "parse_ldd", "ldd_closure"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from devmodels._errors import UsageError
+from devmodels import UsageError
 
 __all__ = ["NEWC_MAGIC", "TRAILER", "CpioEntry", "NewcWriter", "FileTree", "read_newc"]
 

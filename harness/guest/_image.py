@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ._binaries import ldd_closure
 from ._cpio import FileTree
 from ._init import BUILTIN_TESTS, MODULE_LIST, TEST_SCRIPT, TESTS_DIR, render_init

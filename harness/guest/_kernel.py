@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ._modules import MODULE_SUFFIXES, bzimage_version, find_version_dir
 from ._tools import require_tool, run_tool
 

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ._kernel import KernelSource
 from ._prune import prune_images
 from ._tools import require_tool, run_tool

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from ._tools import require_tool, run_tool
 
 __all__ = [

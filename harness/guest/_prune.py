@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devmodels._errors import UsageError
+from devmodels import UsageError
 
 __all__ = ["KEEP_IMAGES", "MIN_IDLE", "mark_used", "prune_images"]
 

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from devmodels._errors import HostError
+from devmodels import HostError
 
 __all__ = ["TOOL_PACKAGES", "require_tool", "run_tool"]
 

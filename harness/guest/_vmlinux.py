@@ -41,7 +41,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from devmodels._errors import HostError
+from devmodels import HostError
 from kvm import ElfError, ElfImage
 
 from ._tools import require_tool, run_tool

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devmodels._errors import DevmodelsError
+from devmodels import DevmodelsError
 from ._image import DEFAULT_MODULES, DEFAULT_OPTIONAL_MODULES, ImageBuilder
 
 __all__ = ["main", "make_parser"]

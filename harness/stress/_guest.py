@@ -24,7 +24,7 @@ Rules:
    ``PATTERN_SIZE`` bytes checked against their SHA-256; ``STRESS-RX conns=N bad=M``), and a
    ping flood (busybox ping has no ``-f``: ``ping -A``, the next echo as soon as the
    reply came, ``-s 1000``; ``STRESS-PING``). ``STRESS-NETSTAT`` has the TCP retransmissions
-   and the checksum errors the guest's stack counted.
+   and the checksum errors the guest's stack counted, and the frames the driver dropped.
 5. Kernel messages during the load that mean a driver gave up on the device or recovered
    it (timeouts, resets, I/O errors, unhandled interrupts) are printed as ``STRESS-DMESG``.
 """
@@ -147,7 +147,8 @@ s_progress
 echo "STRESS-TX rc=$s_txrc"
 echo "STRESS-PING rc=$s_pingrc $(grep -E 'transmitted|round-trip' /tmp/ping.txt | tr '\n' ' ')"
 echo "STRESS-NETSTAT retrans=$(s_snmp Tcp RetransSegs) tcp_in_errs=$(s_snmp Tcp InErrs)" \
-    "tcp_csum_errs=$(s_snmp Tcp InCsumErrors) icmp_in_errs=$(s_snmp Icmp InErrors)"
+    "tcp_csum_errs=$(s_snmp Tcp InCsumErrors) icmp_in_errs=$(s_snmp Icmp InErrors)" \
+    "rx_dropped=$(cat $s_st/rx_dropped) rx_missed=$(cat $s_st/rx_missed_errors) tx_dropped=$(cat $s_st/tx_dropped)"
 s_dmesg
 echo STRESS-END
 """

@@ -27,7 +27,7 @@ from typing import Any
 from devmodels import GuestMemory, GuestMemoryError, SnapshotError, UsageError
 from devmodels.args import check_implements
 from devmodels.snapshot import check_args, check_int, check_type, check_version
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 from devmodels.backends import BlockBackend, BlockOp, BlockRequest, BlockStatus
 
 from ..defs import (

@@ -51,7 +51,7 @@ try:
 except ImportError:  # Cython is a build tool; without it this module only runs interpreted.
     from . import _cython_shim as cython
 
-from devmodels._errors import GuestError, GuestMemoryError, UsageError
+from devmodels import GuestError, GuestMemoryError, UsageError
 
 from ._windows import detach as _detach
 from ._windows import map_area as _map_area

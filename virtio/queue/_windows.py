@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devmodels._errors import GuestMemoryError
-from devmodels._memory import Access, GuestMemory
+from devmodels import Access, GuestMemory, GuestMemoryError
 
 from .errors import RingAddressError
 

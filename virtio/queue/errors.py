@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from devmodels._errors import DenialOfService, GuestError
+from devmodels import DenialOfService, GuestError
 
 __all__ = [
     "VirtqueueError",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from devmodels._accel import NO_EXTENSIONS
+from devmodels import NO_EXTENSIONS
 
 from . import _ring_py
 

@@ -47,10 +47,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from devmodels._errors import GuestError, SnapshotError, UsageError
-from devmodels._memory import GuestMemory
-from devmodels._state import check_bool, check_int, check_type, check_version
-from devmodels._trace import tracepoint
+from devmodels import GuestError, GuestMemory, SnapshotError, UsageError
+from devmodels.snapshot import check_bool, check_int, check_type, check_version
+from devmodels.trace import tracepoint
 
 from ..defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_INDIRECT_DESC
 from . import ring as _ring

@@ -25,11 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from devmodels import LevelSink, SnapshotError, Trigger, UsageError
-from devmodels._irq import NullLevelSink
-from devmodels._regs import Access, Reg, RegisterFile
+from devmodels import LevelSink, NullLevelSink, Reg, RegAccess as Access, RegisterFile, SnapshotError, Trigger, UsageError
 from devmodels.snapshot import check_args, check_int, check_type, check_version
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 
 from ._serving import ServedThroughDevice
 from ..defs import (

@@ -38,10 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from devmodels import SnapshotError, UsageError
-from devmodels._regs import Access, Reg, RegisterFile
+from devmodels import Reg, RegAccess as Access, RegisterFile, SnapshotError, UsageError
 from devmodels.snapshot import check_args, check_int, check_type, check_version
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 from devmodels.pci import BarKind, PciFunction, PciFunctionState
 from devmodels.pci.defs import PCI_CAP_ID_VNDR
 

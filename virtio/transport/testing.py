@@ -35,7 +35,7 @@ from typing import Any
 import construct as cs
 
 from devmodels import GuestMemory, GuestMemoryError, Machine, UsageError
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 from devmodels.pci import PciFunction, as_devfn
 from devmodels.pci.defs import (
     PCI_BASE_ADDRESS_0,

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from devmodels import UsageError
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 
 from ..device import VirtioDevice
 from .defs import VHOST_USER_MAX_PAYLOAD

@@ -40,7 +40,7 @@ import mmap
 import struct
 from collections.abc import Callable, Sequence
 
-from devmodels._trace import tracepoint
+from devmodels.trace import tracepoint
 
 from .defs import VHOST_USER_INFLIGHT_VERSION
 from .inflight import PACKED_DESC, PACKED_HEADER, InflightError, Recovery

@@ -33,8 +33,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from devmodels import GuestMemory, HostError, MemoryRegion, UsageError
-from devmodels._memory import ADDRESS_LIMIT
+from devmodels import ADDRESS_LIMIT, GuestMemory, HostError, MemoryRegion, UsageError
 
 from .defs import VHOST_USER_MAX_MEM_SLOTS
 from .messages import Region, close_fds

@@ -32,7 +32,7 @@ from typing import Any
 
 import construct as cs
 
-from devmodels._fds import close_fds
+from devmodels.fds import close_fds
 
 from .defs import (
     VHOST_USER_CONFIG_HDR_SIZE,

@@ -75,9 +75,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from devmodels import GuestError, GuestMemoryError, UsageError
-from devmodels._errors import SnapshotError
-from devmodels._trace import tracepoint
+from devmodels import GuestError, GuestMemoryError, SnapshotError, UsageError
+from devmodels.trace import tracepoint
 
 from ..defs import (
     ACKNOWLEDGE,
@@ -987,7 +986,9 @@ class VhostUserSession:
         vring.running = False
         self.busy.discard(vring.index)
         if _tp_ring.on:
-            _tp_ring.emit(index=vring.index, event="stop", base=vring.base)
+            # ``logged``: pages this back-end marked in the current dirty log so far (rule 8).
+            _tp_ring.emit(index=vring.index, event="stop", base=vring.base,
+                          logged=self.log.marked if self.log is not None else 0)
         self._on_fds_changed()
 
     def _retranslate(self) -> None:

@@ -50,7 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from devmodels._errors import HostError, UsageError
+from devmodels import HostError, UsageError
 from .._case import Attachment
 from ._served import ATTACHMENTS, PROXY, ServedCase
 

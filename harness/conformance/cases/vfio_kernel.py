@@ -70,7 +70,7 @@ for source, target in json.load(sys.stdin):
 
 
 def _python_closure() -> list[str]:
-    from devmodels._errors import HostError
+    from devmodels import HostError
 
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([str(GUEST_PYTHON), "-S", "-c", _CLOSURE_PROBE], capture_output=True, text=True, env=env,
@@ -120,7 +120,7 @@ class VfioKernelCase:
         Raises:
             HostError: Debian's python3.11 is missing or the image cannot be built.
         """
-        from devmodels._errors import HostError
+        from devmodels import HostError
         from ...guest import ImageBuilder
 
         if not GUEST_PYTHON.is_file():

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devmodels._trace import RecordingSink
+from devmodels.trace import RecordingSink
 from .._case import Attachment
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class VhostUserBlkCase:
     def start(self, stack: contextlib.ExitStack, workdir: Path) -> Attachment:
         """A raw image, a ``VirtioBlkDevice`` over it and a vhost-user server thread."""
         from devmodels.backends import RawFileBackend
-        from devmodels._memory import GuestMemory
+        from devmodels import GuestMemory
         from virtio.blk import VirtioBlkDevice
         from virtio.vhost_user import VhostUserServer
 
@@ -228,7 +228,7 @@ class VhostUserNetCase:
     def start(self, stack: contextlib.ExitStack, workdir: Path) -> Attachment:
         """A socket-pair wire: the device on one end, the responder on the other."""
         from devmodels.backends.net import Responder, SocketBackend
-        from devmodels._memory import GuestMemory
+        from devmodels import GuestMemory
         from virtio.net import VirtioNetDevice
         from virtio.vhost_user import VhostUserServer
 
