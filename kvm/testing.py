@@ -1,4 +1,4 @@
-"""Test helpers that ship with the package (STYLE 22): a small ELF64 writer.
+"""Test helpers that ship with the package (CONVENTIONS: simulators): a small ELF64 writer.
 
 ``make_elf`` builds the x86-64 executables the loader's tests and the ELF fuzz target's
 seeds need without a toolchain: PT_LOAD segments at chosen physical addresses, PT_NOTE

@@ -17,7 +17,7 @@ RET data       8       ``uint64_t u64`` (absent, ``size`` 0, in the DEVICE_RESET
 =============  ======  =============================================================
 
 Rules: every per-access message (config and BAR) uses a precompiled ``struct.Struct``
-(STYLE rule 18: hot paths avoid construct); ``SyncSysmemMsg`` is declared with construct
+(CONVENTIONS: layouts: hot paths avoid construct); ``SyncSysmemMsg`` is declared with construct
 since it is rare. Decoding never trusts a value: callers check ranges.
 """
 

@@ -9,8 +9,8 @@ Rules:
 2. vfio-user reuses the kernel structures where its spec says so (region info, IRQ info,
    IRQ set, capability headers); they are the same objects here.
 3. These are precompiled ``struct.Struct`` objects rather than ``construct`` structs: every
-   guest MMIO access of a passed-through BAR crosses ``vfio_user_region_access`` (STYLE
-   rule 18, hot-path exception). Decoding untrusted bytes goes through ``Layout.unpack``,
+   guest MMIO access of a passed-through BAR crosses ``vfio_user_region_access`` (CONVENTIONS:
+   layouts, hot-path exception). Decoding untrusted bytes goes through ``Layout.unpack``,
    which raises ``LayoutError`` (never ``struct.error``) when the buffer is short.
 """
 

@@ -1,4 +1,4 @@
-"""Test doubles for passthrough integrators (STYLE rule 22).
+"""Test doubles for passthrough integrators (CONVENTIONS: simulators).
 
 - ``config_image``: a type-0 config space with the BARs, capabilities and pin you list.
 - ``FakeVfioDevice``: a scripted ``VfioDeviceBackend``: a config image, BAR regions

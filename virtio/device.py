@@ -9,7 +9,7 @@ status machine, one feature negotiation and one set of queue-programming rules.
 
 Rules:
 
-1. Sans-IO (STYLE 5/6): notifications come in as calls (``notify_queue(i)``), interrupts
+1. Sans-IO (CONVENTIONS: sans-io, injection): notifications come in as calls (``notify_queue(i)``), interrupts
    leave through the attached ``Transport`` (``signal_used``/``signal_config``); no threads,
    clocks or file descriptors.
 2. Status writes go through ``virtio.status.transition`` only; feature windows through
@@ -20,7 +20,7 @@ Rules:
    else is dropped with a ``virtio.queue_ignored`` trace event.
 4. The device touches a queue only while it is live: DRIVER_OK set, neither FAILED nor
    DEVICE_NEEDS_RESET set, the queue enabled and not broken (§2.1.2, §4.2.2.1).
-5. Broken is sticky (STYLE 15): a queue that breaks, or a ``GuestError`` escaping a device
+5. Broken is sticky (CONVENTIONS: sticky-broken): a queue that breaks, or a ``GuestError`` escaping a device
    hook, sets DEVICE_NEEDS_RESET and sends a configuration change notification if
    DRIVER_OK is set (§2.1.2). Every queue entry point then returns early until reset.
    ``error`` keeps the first cause (a ``DenialOfService`` lets a VMM stop the VM).
@@ -191,7 +191,7 @@ D = TypeVar("D")
 
 @dataclass(frozen=True)
 class VirtioDeviceState(Generic[D]):
-    """Snapshot of the transport-neutral part of a virtio device (STYLE 8).
+    """Snapshot of the transport-neutral part of a virtio device (CONVENTIONS: snapshots).
 
     ``queues`` holds each queue's own state (``Virtqueue.state()``); ``device`` is the
     subclass's section, of the subclass's ``device_state_type`` ``D`` (``None`` when it has
@@ -906,7 +906,7 @@ class VirtioDevice(ServedDeviceDefaults):
         """Apply a validated subclass section (override)."""
 
     def state(self) -> VirtioDeviceState[Any]:
-        """Snapshot of the device (plain data, STYLE 8) at the quiesce point (rule 11).
+        """Snapshot of the device (plain data, CONVENTIONS: snapshots) at the quiesce point (rule 11).
 
         Raises:
             UsageError: ``unfinished_work()`` reports work; ``quiesce()`` first.

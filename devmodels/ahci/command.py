@@ -10,7 +10,7 @@ Rules:
    signalled) or a ``Pending`` (backend requests plus a ``resume`` continuation that turns
    their completions into the next ``Finish``/``Pending``). The port owns the requests
    while they are in flight; the drive keeps no reference to them.
-3. PRDT walks are bounded (STYLE rule 16): entries are read lazily, 256 at a time, only as
+3. PRDT walks are bounded (CONVENTIONS: bounded): entries are read lazily, 256 at a time, only as
    far as the bytes a command needs, and never past PRDTL (at most 65,535). Bit 0 of DBC
    is treated as set: AHCI 1.3.1 §4.2.3.3 says it "shall always be 1" (even byte counts).
 """

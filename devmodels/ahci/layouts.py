@@ -7,7 +7,7 @@ Rules:
    FIS area; SATA 3.x §10.5 FIS types). They are the reference definitions: tests check the
    hot-path codecs below (and ``fis.py``) against them.
 2. The per-command paths use the precompiled ``struct.Struct`` objects at the bottom
-   (STYLE rule 18); nothing guest-controlled is ever passed to ``.compile()``.
+   (CONVENTIONS: layouts); nothing guest-controlled is ever passed to ``.compile()``.
 3. Multi-bit flag dwords are little-endian dwords whose fields are listed most significant
    bit first, hence ``cs.ByteSwapped(cs.BitStruct(...))``.
 """

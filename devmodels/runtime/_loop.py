@@ -7,7 +7,7 @@ Rules:
 2. Callbacks take no arguments. A reader is called when its descriptor is readable, a
    writer when writable; a descriptor may have both.
 3. Timers use ``time.monotonic_ns``; a device that needs periodic work gets ``now_ns`` from
-   the timer callback (``loop.now_ns()``), never from its own clock (STYLE rule 6).
+   the timer callback (``loop.now_ns()``), never from its own clock (CONVENTIONS: injection).
 4. An exception from a callback propagates out of ``run``: it is a bug in the callback,
    not something to hide.
 5. Optional busy polling (``poll_ns``, QEMU's ``poll-max-ns`` idea): before ``run``

@@ -6,7 +6,7 @@ Rules:
    in-process VMM — implements ``ServedDevice``: the descriptors it waits on now and what to
    call when each is ready (``watched_fds``), its next timer deadline (``next_deadline``,
    then ``tick``), its posted work (``posted``, ``run_posted``), and ``quiesce``. The device
-   stays sans-IO (STYLE "The device core is sans-IO"): the descriptors belong to its
+   stays sans-IO (CONVENTIONS: sans-io): the descriptors belong to its
    backends, and time comes in through ``tick(now_ns)``.
 2. Backends that complete on threads of their own call the waker the loop binds
    (``bind_waker``). The waker only wakes the loop; the loop's thread then calls

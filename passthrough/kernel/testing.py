@@ -1,4 +1,4 @@
-"""A fake kernel for kernel-VFIO tests (STYLE rule 22): ``FakeKernel`` is a ``KernelOps``.
+"""A fake kernel for kernel-VFIO tests (CONVENTIONS: simulators): ``FakeKernel`` is a ``KernelOps``.
 
 It models what ``linux/vfio.h`` and vfio-pci expose, with devices scripted as
 ``passthrough.testing.FakeVfioDevice``:

@@ -1,4 +1,4 @@
-"""Test helpers for vfio-user integrators (STYLE rule 22): a raw peer and a server thread.
+"""Test helpers for vfio-user integrators (CONVENTIONS: simulators): a raw peer and a server thread.
 
 - ``RawPeer`` speaks the wire protocol with no checks, so tests can send what a hostile
   client or server would (bad sizes, stray fds, wrong types) and see the replies.

@@ -1,4 +1,4 @@
-"""Differential fuzzing of the ring implementations (STYLE 20/23): the Cython twin and the
+"""Differential fuzzing of the ring implementations (CONVENTIONS: differential, fuzzing): the Cython twin and the
 pure-Python reference replay the same operations (a simulated driver adding buffers, raw
 and corrupted descriptors, pops, pushes, notification changes, snapshot/restore) on
 identical guest memory; every result, every byte of guest RAM, every queue state and every

@@ -5,7 +5,7 @@
   the status is OK/IOERR/UNSUPP (or the used length is 0 when there is no status byte),
   and the backend only ever sees requests inside the disk, sector aligned, whose data
   segments are guest RAM.
-- Python and Cython rings give the same answers to the same requests (STYLE 20).
+- Python and Cython rings give the same answers to the same requests (CONVENTIONS: differential).
 - A random sequence of well-formed writes and reads, each framed at random, behaves like a
   byte array.
 """

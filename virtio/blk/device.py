@@ -2,7 +2,7 @@
 
 Rules:
 
-1. Sans-IO (STYLE 5): the device parses chains (``request.parse_request``), hands
+1. Sans-IO (CONVENTIONS: sans-io): the device parses chains (``request.parse_request``), hands
    ``BlockRequest`` objects to the backend's ``submit`` and completes them when the VMM
    calls ``process_completions`` (after the backend's notify hook fired). It never waits,
    except in ``drain``, which a reset and ``quiesce()`` (before a snapshot) need.

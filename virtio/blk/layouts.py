@@ -2,7 +2,7 @@
 
 ``virtio_blk_config`` is declared with construct (it is built rarely); the per-request
 header and discard/write-zeroes segments, parsed for every request, use precompiled
-``struct.Struct`` (STYLE rule 18). All fields are little-endian.
+``struct.Struct`` (CONVENTIONS: layouts). All fields are little-endian.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Snapshot section of the virtio block device (STYLE 8).
+"""Snapshot section of the virtio block device (CONVENTIONS: snapshots).
 
 The transport-neutral part (status, features, queues, config bytes) is
 ``virtio.device.VirtioDeviceState``; this is what the block device adds: its constructor

@@ -5,7 +5,7 @@ Queues: receiveq1, transmitq1, …, receiveqN, transmitqN, then controlq at 2N, 
 
 Rules:
 
-1. Sans-IO (STYLE 5): the device hands frames to ``backend.send`` and takes them from
+1. Sans-IO (CONVENTIONS: sans-io): the device hands frames to ``backend.send`` and takes them from
    ``backend.receive`` when the VMM calls ``poll_rx`` (on the backend's readability or
    notify hook, and only while ``wants_rx``). It never waits.
 2. Receive never spins and never grows without bound: frames the guest has no buffers for

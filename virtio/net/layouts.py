@@ -1,7 +1,7 @@
 """Wire layouts of the virtio network device (VIRTIO 1.2 §5.1.4, §5.1.6).
 
 ``virtio_net_config`` is built with construct (rarely); the per-packet header uses a
-precompiled ``struct.Struct`` (STYLE rule 18). All fields are little-endian.
+precompiled ``struct.Struct`` (CONVENTIONS: layouts). All fields are little-endian.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Snapshot section of the virtio network device (STYLE 8).
+"""Snapshot section of the virtio network device (CONVENTIONS: snapshots).
 
 The transport-neutral part is ``virtio.device.VirtioDeviceState``; this adds the
 constructor arguments (``VirtioNetArgs``; the backend is the restorer's), the receive

@@ -4,14 +4,14 @@
 
 This file is the pure-Python reference (``_ring_py``) and, through the symlink
 ``_ring_c.py`` typed by ``_ring_c.pxd``, the Cython fast path: one source compiled in
-Cython's pure-Python mode (aiohttp ``reader_c.pxd``), so the two cannot drift (STYLE 19).
+Cython's pure-Python mode (aiohttp ``reader_c.pxd``), so the two cannot drift (CONVENTIONS: cython-twin).
 
 Rules:
 
 1. All reads and writes of guest ring memory happen here; no device-specific logic.
 2. Ring memory is reached through windows that ``_windows.map_window`` resolves from the
    ``GuestMemory`` regions once per call: the ``(buffer, offset)`` of a range wholly
-   inside one region. Nothing is kept across calls (STYLE 11; the one allowed exception).
+   inside one region. Nothing is kept across calls (CONVENTIONS: guest-memory; the one allowed exception).
 3. Every guest value is checked before it becomes an offset: indices against their
    table, positions against the window ``map_window`` checked. Compiled, the loads have
    no other bounds checks, so a missing check here is a memory-safety bug; interpreted,
@@ -139,7 +139,7 @@ if not cython.compiled:
 
 
 def _wrap16(value):
-    """``value`` modulo 2**16, the arithmetic of the split ring's free-running indices (STYLE 12)."""
+    """``value`` modulo 2**16, the arithmetic of the split ring's free-running indices (CONVENTIONS: fixed-width)."""
     return value & 0xFFFF
 
 

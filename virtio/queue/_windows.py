@@ -5,7 +5,7 @@ Rules:
 1. ``map_window`` gives the ``(buffer, offset)`` of a range that lies wholly inside one
    RAM region (writable if asked); anything else raises ``GuestMemoryError``. Without an
    IOMMU it looks the region up directly; otherwise ``GuestMemory.view`` translates and
-   checks. The caller keeps the window for one call only (STYLE 11).
+   checks. The caller keeps the window for one call only (CONVENTIONS: guest-memory).
 2. Errors the ring code stores outlive the call; ``detach`` drops their tracebacks, whose
    frames would otherwise keep windows (and an mmap's exported buffer) alive.
 """

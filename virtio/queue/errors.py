@@ -5,10 +5,10 @@ Rules:
 1. Every class derives from ``VirtqueueError`` (a ``GuestError``) and names the section it
    enforces in ``section``; ``index`` is the descriptor index, ring position or buffer id
    involved and ``gpa`` the guest-physical address of the offending structure, each
-   ``None`` where it does not apply (STYLE 13).
+   ``None`` where it does not apply (CONVENTIONS: errors).
 2. The ring code raises them internally; ``Virtqueue.pop_batch``/``push_batch`` never let
    them out: they become the queue's sticky ``broken_reason`` and the transport sets
-   DEVICE_NEEDS_RESET (STYLE 14/15).
+   DEVICE_NEEDS_RESET (CONVENTIONS: architected-errors, sticky-broken).
 3. ``AvailIndexError`` and ``RingOverrunError`` are also ``DenialOfService``: a driver that
    claims more buffers than the ring can hold is more likely an attack than a bug.
 """

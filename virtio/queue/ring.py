@@ -7,7 +7,7 @@ Rules (yarl ``_quoting.py``, aiohttp ``_websocket/reader.py``):
    built, or what imported is the uncompiled symlink (``COMPILED`` false).
 2. ``IMPLEMENTATION`` says which one ``Ring``/``ChainClass`` are: ``"cython"`` or ``"python"``.
 3. Both stay importable side by side (``RingPy``/``RingC``) so tests run them in one
-   process and compare them (STYLE 20); ``RingC`` is ``None`` when not available.
+   process and compare them (CONVENTIONS: differential); ``RingC`` is ``None`` when not available.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ _MAX_BUDGET = 1 << 30  # any budget above the ring size behaves the same; keeps 
 
 @dataclass(frozen=True)
 class VirtqueueState:
-    """Snapshot of one virtqueue (STYLE 8).
+    """Snapshot of one virtqueue (CONVENTIONS: snapshots).
 
     Split rings use ``next_avail``/``next_used`` as the free-running 16-bit indices and
     leave the wrap counters ``True`` and ``inflight`` empty. Packed rings use them as

@@ -6,7 +6,7 @@ line.
 
 Rules:
 
-1. The control registers are a table (STYLE 9) whose rows call the device's
+1. The control registers are a table (CONVENTIONS: register-tables) whose rows call the device's
    transport-neutral entry points. Only InterruptStatus and SHMSel are state of this module.
 2. Control registers take 32-bit accesses only (§4.2.2.2); any other width, a read of a
    write-only register or a write of a read-only one reads 0 / is dropped with a trace
@@ -301,7 +301,7 @@ class VirtioMmioDevice(ServedThroughDevice):
         return VirtioMmioArgs(self.vendor_id)
 
     def state(self) -> VirtioMmioState[Any]:
-        """Snapshot (STYLE 8) at the quiesce point (``VirtioDevice`` rule 11).
+        """Snapshot (CONVENTIONS: snapshots) at the quiesce point (``VirtioDevice`` rule 11).
 
         Raises:
             UsageError: the device has work in flight; ``quiesce()`` first.

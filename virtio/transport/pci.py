@@ -12,7 +12,7 @@ and the MSI-X capability.
 
 Rules:
 
-1. The common configuration is a register table (STYLE 9) whose rows call the device's
+1. The common configuration is a register table (CONVENTIONS: register-tables) whose rows call the device's
    transport-neutral entry points; this module holds only PCI state: the MSI-X vector of
    the configuration and of each queue, and the ISR byte.
 2. Accesses must have the field's natural width (§4.1.3.1; 64-bit fields as two 32-bit
@@ -509,7 +509,7 @@ class VirtioPciFunction(ServedThroughDevice, PciFunction):
         return function
 
     def state(self) -> VirtioPciState[Any]:
-        """Snapshot (STYLE 8) at the quiesce point (``VirtioDevice`` rule 11).
+        """Snapshot (CONVENTIONS: snapshots) at the quiesce point (``VirtioDevice`` rule 11).
 
         Raises:
             UsageError: the device has work in flight; ``quiesce()`` first.

@@ -1,6 +1,6 @@
 """Test helpers for the transports: an echo device and driver-side transport drivers.
 
-Shipped in the package (STYLE 22) so VMM integrators can drive a virtio transport the way a
+Shipped in the package (CONVENTIONS: simulators) so VMM integrators can drive a virtio transport the way a
 guest does, in-process:
 
 - ``EchoDevice``: a small complete virtio device. Every chain's readable bytes are copied,

@@ -2,7 +2,7 @@
 
 All numbers are in the machine's native byte order (§ Message Specification); the
 layouts below use construct's native-order integers, and the per-message header a
-precompiled ``struct.Struct`` (it is parsed for every message, STYLE rule 18).
+precompiled ``struct.Struct`` (it is parsed for every message, CONVENTIONS: layouts).
 
 =========================  =====  ===========================================================
 payload                    bytes  fields

@@ -1,4 +1,4 @@
-"""A fake vhost-user front-end, for tests and for trying a back-end by hand (STYLE 22).
+"""A fake vhost-user front-end, for tests and for trying a back-end by hand (CONVENTIONS: simulators).
 
 It plays QEMU's part: guest RAM in memfd regions (shared with the back-end), a memory
 table whose *user* addresses differ from the guest addresses (as a real front-end's do),

@@ -7,7 +7,7 @@ Rules:
 2. Checksums are RFC 1071 internet checksums computed with one big-integer reduction
    (2**16 ≡ 1 mod 0xFFFF, so a byte string read as a big-endian integer is congruent to
    the sum of its 16-bit words); the result is the ones' complement of the folded sum.
-3. Headers use precompiled ``struct.Struct`` (per-packet hot path, STYLE rule 18).
+3. Headers use precompiled ``struct.Struct`` (per-packet hot path, CONVENTIONS: layouts).
 """
 
 from __future__ import annotations

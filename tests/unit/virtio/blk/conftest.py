@@ -15,7 +15,7 @@ from virtio.queue.ring import IMPLEMENTATIONS
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def queue_factory(request: pytest.FixtureRequest) -> Callable[[int, bool], Any]:
-    """A queue factory for every ring implementation in this process (STYLE 20)."""
+    """A queue factory for every ring implementation in this process (CONVENTIONS: differential)."""
     ring = IMPLEMENTATIONS[request.param]
     return lambda size, packed: Virtqueue(size, packed=packed, ring=ring)
 

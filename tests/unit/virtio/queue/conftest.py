@@ -1,5 +1,5 @@
 """Fixtures for the virtqueue tests: every test runs on each ring implementation present
-(pure Python always, Cython when built), in the same process (STYLE 20)."""
+(pure Python always, Cython when built), in the same process (CONVENTIONS: differential)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Packed virtqueue (VIRTIO 1.2 §2.8): device-checkable MUST clauses by section, wrap
 counters, event suppression and IN_ORDER. Packed rings have no anchor implementation
-(STYLE anti-patterns), so the driver side here is the simulator plus raw descriptors."""
+(CONVENTIONS: simulators), so the driver side here is the simulator plus raw descriptors."""
 
 from __future__ import annotations
 
