@@ -28,11 +28,11 @@ import json
 import logging
 import os
 import socket
-import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import HostError, UsageError
+from ..listen import listen_unix
 from .engine import FaultEngine
 from .plan import Fault
 
@@ -60,17 +60,9 @@ class FaultControlServer:
         self.engine = engine
         self.path = os.fspath(path)
         try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(self.path)
-            listener.listen(MAX_CLIENTS)
-        except OSError as exc:
-            listener.close()
-            raise HostError(f"fault control socket {self.path}: {exc.strerror}") from None
+            listener = listen_unix(self.path, backlog=MAX_CLIENTS)  # appears once it accepts
+        except HostError as exc:
+            raise HostError(f"fault control socket: {exc}") from None
         listener.setblocking(False)
         self._listener: socket.socket | None = listener
         self._clients: dict[int, _Client] = {}

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Sequence
 
 from devmodels import HostError, UsageError
+from devmodels.listen import listen_unix
 from devmodels.runtime import DeviceRunner, EventLoop
 from passthrough.user import DmaMemory, VfioUserServer
 
@@ -100,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.fd is not None:
                 server.serve(socket.socket(fileno=args.fd), loop=loop, runner=runner)
                 return 0
-            listener = _listen(args.socket_path)
+            try:
+                listener = listen_unix(args.socket_path)  # the path appears once it accepts
+            except HostError as exc:
+                print(f"vfio-user: {exc}", file=sys.stderr)
+                return 1
             print(f"vfio-user: serving {args.device} on {args.socket_path}", file=sys.stderr, flush=True)
             while not stopping:
                 try:
@@ -120,12 +125,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         built.close()
         loop.close()
     return 0
-
-
-def _listen(path: str) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if os.path.exists(path):
-        os.unlink(path)
-    listener.bind(path)
-    listener.listen(1)
-    return listener

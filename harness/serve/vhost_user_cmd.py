@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if isinstance(exc, UsageError) else 1
     try:
         server = VhostUserServer(built.virtio, args.socket, glue=glue)
-    except (UsageError, OSError) as exc:
+    except (UsageError, HostError, OSError) as exc:
         if faults is not None:
             faults.close()
         built.close()

@@ -44,13 +44,13 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from devmodels import UsageError
+from devmodels.listen import listen_unix
 from devmodels.trace import tracepoint
 
 from ..device import VirtioDevice
@@ -110,7 +110,7 @@ class VhostUserServer:
 
     Raises:
         UsageError: both ``path`` and ``listener``; a bad listener.
-        OSError: the socket cannot be created.
+        HostError: the socket cannot be created at ``path``.
     """
 
     def __init__(
@@ -132,14 +132,9 @@ class VhostUserServer:
         self.path: str | None = None
         if path is not None:
             self.path = os.fspath(path)
-            try:
-                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                    os.unlink(self.path)  # a stale socket of an earlier run
-            except FileNotFoundError:
-                pass
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(self.path)
-            listener.listen(4)
+            # A stale socket of an earlier run is replaced; the path appears once it accepts
+            # (QEMU's reconnect= connects as soon as it exists).
+            listener = listen_unix(self.path, backlog=4)
             self._created_path = self.path
         elif listener is not None:
             if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
