@@ -9,6 +9,7 @@ import pytest
 from devmodels import UsageError
 from devmodels.backends import NetOffloads
 from devmodels.backends.net import LINKTYPE_ETHERNET, LoopbackBackend, PcapWriter, read_pcap
+from tests.prerequisites import prerequisite
 
 
 def parse_by_hand(data: bytes) -> list[bytes]:
@@ -84,14 +85,17 @@ def test_read_pcap_rejects_garbage(tmp_path):
     assert linktype == 1 and records[0].timestamp_ns == 1_000_000_005 and records[0].data == b"hi"
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
-def test_tshark_reads_it(tmp_path):
+@prerequisite(None if shutil.which("tcpdump") else "tcpdump is not installed (apt-get install tcpdump)")
+def test_tcpdump_reads_it(tmp_path):
+    """A second implementation of the format (libpcap's reader) decodes what we wrote."""
     from devmodels.backends.net import parse_ipv4, parse_mac, udp_frame
 
     path = tmp_path / "cap.pcap"
     a, _b = LoopbackBackend.pair()
     with PcapWriter(a, path) as cap:
-        mac, ip = parse_mac("02:00:00:00:00:01"), parse_ipv4("10.0.0.1")
-        cap.send(udp_frame(mac, mac, ip, ip, 1, 2, b"x"))
-    out = subprocess.run(["tshark", "-r", str(path)], capture_output=True, text=True, check=True).stdout
-    assert "UDP" in out
+        src, dst = parse_mac("02:00:00:00:00:01"), parse_mac("02:00:00:00:00:02")
+        cap.send(udp_frame(dst, src, parse_ipv4("10.0.0.1"), parse_ipv4("10.0.0.2"), 1234, 5678, b"x"))
+    out = subprocess.run(["tcpdump", "-n", "-e", "-r", str(path)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert "02:00:00:00:00:01 > 02:00:00:00:00:02" in out
+    assert "10.0.0.1.1234 > 10.0.0.2.5678: UDP, length 1" in out
