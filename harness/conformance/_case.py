@@ -20,6 +20,9 @@ Rules:
    that a guest script skips (fio missing from the image, a step it never reached) must not
    vanish from the row: the runner fails the row and names each required check that was
    not reported. A case that declares none fails too.
+6. A case that acts while its guest runs (kills and restarts its device server, migrates
+   the guest to a second QEMU) defines ``run_guest(launcher, timeout)`` (the runner's rule
+   5): it waits for the guest itself and returns the ``BootResult`` the row is scored on.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Rules:
 4. Every check in the case's ``required_checks`` must have been reported (``score_row``):
    each missing one is added to the row as a failed check saying so, so the row fails and
    the matrix names it. A case that declares no required checks fails as well.
+5. A case that must act while its guest runs (kill and restart its device server, migrate
+   the guest to a second QEMU) defines ``run_guest(launcher, timeout) -> BootResult``: it
+   gets the started launcher instead of the runner's plain ``wait`` and returns the result
+   the row is scored on (the runner still stops the launcher afterwards).
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ def run_cases(
                     qemu=attachment.qemu,
                     serial_log=(serial_dir / f"{case.name}.log") if serial_dir else None,
                 )
+                run_guest = getattr(case, "run_guest", None)
                 with launcher:
-                    result = launcher.wait(timeout)
+                    result = run_guest(launcher, timeout) if run_guest is not None else launcher.wait(timeout)
                 for name, (ok, detail) in result.checks.items():
                     row.checks[name] = ok
                     if detail:

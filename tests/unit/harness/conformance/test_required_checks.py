@@ -10,14 +10,17 @@ import inspect
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from devmodels import GuestMemory
+from devmodels import GuestMemory, _trace
 from devmodels.backends import MemoryDiskBackend
+from devmodels.trace import RecordingSink
 from harness.conformance import Row, format_matrix, load_cases
 from harness.conformance._runner import NOT_REPORTED, score_row
+from harness.conformance.cases._vu_process import logged, resubmitted, ring_layout, ring_starts
 from harness.conformance.cases.vhost_user import RingLayouts
 from virtio.blk import VirtioBlkDevice
 from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED
@@ -99,6 +102,11 @@ def test_vhost_user_blk_requires_fio_and_the_ring_layout() -> None:
             assert {"blk.fio_verify", "host.ring_layout"} <= case.required_checks
         if case.name.startswith("vhost-user-net"):
             assert "host.ring_layout" in case.required_checks
+        if case.name.startswith("vhost-user-migrate"):
+            assert {"blk.fio_verify", "host.ring_layout", "host.logged", "host.io_across", "host.migrated",
+                    "host.tx_once"} <= case.required_checks
+        if case.name.startswith(("vhost-user-blk-restart", "vhost-user-net-restart")):
+            assert {"host.killed", "host.restarted"} <= case.required_checks
 
 
 # -- host.ring_layout against a real server -----------------------------------------------------
@@ -121,20 +129,24 @@ def served() -> Iterator[tuple[VirtioBlkDevice, FakeFrontEnd, SharedRam]]:
     disk.close()
 
 
+def _start_ring(frontend: FakeFrontEnd, ram: SharedRam, packed: bool, started: Callable[[], bool]) -> None:
+    """Negotiate (packed rings or not) and start ring 0; wait until ``started()`` (5 s)."""
+    features = frontend.get_features()
+    if not packed:
+        features &= ~(1 << VIRTIO_F_RING_PACKED)
+    frontend.handshake(features)
+    driver = make_driver(ram.memory, 64, packed=packed, base=0x100000, event_idx=bool(features >> VIRTIO_F_EVENT_IDX & 1))
+    frontend.setup_ring(0, driver)
+    deadline = time.monotonic() + 5
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 def test_ring_layout_records_what_the_session_started(served, packed: bool) -> None:  # type: ignore[no-untyped-def]
     device, frontend, ram = served
     with RingLayouts(device) as layouts:
-        features = frontend.get_features()
-        if not packed:
-            features &= ~(1 << VIRTIO_F_RING_PACKED)
-        frontend.handshake(features)
-        driver = make_driver(ram.memory, 64, packed=packed, base=0x100000,
-                             event_idx=bool(features >> VIRTIO_F_EVENT_IDX & 1))
-        frontend.setup_ring(0, driver)
-        deadline = time.monotonic() + 5
-        while not layouts.starts and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _start_ring(frontend, ram, packed, lambda: bool(layouts.starts))
         assert layouts.check(packed)[0], layouts.check(packed)[1]
         ok, detail = layouts.check(not packed)
         assert not ok and f"want {'split' if packed else 'packed'}" in detail
@@ -165,3 +177,47 @@ def test_ring_layout_judges_the_last_negotiation(starts, packed_ok: bool, split_
     layouts.starts = list(starts)
     assert layouts.check(True)[0] is packed_ok
     assert layouts.check(False)[0] is split_ok
+
+
+# -- the restart and migration rows read the same events from a server process's log ------------
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_served_process_log_shows_the_ring_layout(served, tmp_path, packed: bool) -> None:  # type: ignore[no-untyped-def]
+    """``ring_layout`` reads the lines a ``devmodels vhost-user`` process prints with
+    ``DEVMODELS_TRACE=vhost_user.ring``: the same events, printed by the trace module."""
+    device, frontend, ram = served
+    with RecordingSink("vhost_user.ring") as sink:
+        _start_ring(frontend, ram, packed, lambda: any(fields.get("event") == "start" for _, fields in sink.events))
+    log = tmp_path / "server.log"
+    log.write_text("INFO some other line\n" + "".join(f"trace {_trace._text(n, f)}\n" for n, f in sink.events))
+    assert ring_starts(log) == [(0, packed)]
+    assert resubmitted(log) == [0]
+    assert ring_layout({"server": log}, packed)[0]
+    ok, detail = ring_layout({"server": log}, not packed)
+    assert not ok and f"0:{'packed' if packed else 'split'}" in detail
+
+
+def test_ring_layout_judges_the_last_start_of_each_ring_in_every_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def log(name: str, starts: list[tuple[int, bool]]) -> Path:
+        path = tmp_path / name
+        events = [{"index": i, "event": "start", "size": 256, "packed": p, "resubmitted": 3} for i, p in starts]
+        path.write_text("".join(f"trace {_trace._text('vhost_user.ring', f)}\n" for f in events))
+        return path
+
+    firmware_then_linux = log("a", [(0, False), (0, True)])  # SeaBIOS split, then Linux packed
+    restarted = log("b", [(0, True)])
+    assert ring_layout({"a": firmware_then_linux, "b": restarted}, True)[0]
+    assert not ring_layout({"a": firmware_then_linux, "b": restarted}, False)[0]
+    assert not ring_layout({"a": firmware_then_linux, "none": log("c", [])}, True)[0]  # one started nothing
+    assert not ring_layout({}, True)[0]
+    assert not ring_layout({"a": log("d", [(0, True), (1, False)])}, True)[0]  # one ring split
+    assert resubmitted(restarted) == [3]
+
+
+def test_logged_reads_the_most_pages_a_ring_stop_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "server.log"
+    stops = [{"index": 0, "event": "stop", "base": 7, "logged": n} for n in (0, 40, 12)]
+    path.write_text("".join(f"trace {_trace._text('vhost_user.ring', f)}\n" for f in stops))
+    assert logged(path) == 40
+    assert logged(tmp_path / "missing.log") == 0
