@@ -24,6 +24,7 @@ PROVIDERS: list[str] = [
     "harness.conformance.cases.testdev_irqs:cases",
     "harness.conformance.cases.vhost_user:cases",
     "harness.conformance.cases.vhost_user_restart:cases",
+    "harness.conformance.cases.vhost_user_migration:cases",
     "harness.conformance.cases.e1000:cases",
     "harness.conformance.cases.ahci:cases",
     "harness.conformance.cases.e1000_tap:cases",
