@@ -5,14 +5,18 @@
 against ``qemu-storage-daemon --export type=vhost-user-blk`` (the comparison issue 15 asks
 for), throttled so that requests wait in it when it is killed.
 
-What it shows (QEMU 7.2's daemon): it offers no VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, yet
-the guest survives. QEMU starts the new daemon at the used index it read back from the
-ring, so the daemon takes again every request its predecessor had not returned; with
-requests completing in the order they were made available (the throttle queue is FIFO)
-that is exactly the set that was in flight. A daemon whose requests completed out of
-order would take completed ones again (Linux: "id N is not a head"): that is what the
-inflight buffer is for, and why our rows (whose fault plan completes requests out of
-order) must resubmit from it.
+What it shows (QEMU 7.2's daemon): it offers no VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD, so
+QEMU starts the new daemon at the used index it read back from the ring and the daemon
+takes again every request made available after it. That is the set that was in flight
+only if requests completed in the order they were made available. The throttle keeps
+reads and writes in separate queues, so under fio randrw they often do not: then the new
+daemon takes a completed request again, Linux reports "id N is not a head" and fails the
+I/O, and the requests that were out before the used index are never answered. Which of
+the two a run sees depends on what was in flight at the kill (both were seen here). So the
+test asserts that the daemon either survived with fio's data verified or broke exactly
+that way; a daemon offering INFLIGHT_SHMFD must survive. Our rows, whose fault plan
+completes requests out of order, must survive every time: they resubmit from the
+inflight buffer.
 """
 
 from __future__ import annotations
@@ -73,10 +77,13 @@ def test_qemu_storage_daemon_restarted_mid_io(tmp_path: Path) -> None:
     case = RestartBlkCase(qsd=True)
     (row,) = run_cases([case], timeout=150)
     assert row.checks.get("host.killed"), row.details  # the kill happened while fio ran
-    offered = "offers" if inflight else "does not offer"
-    assert row.passed, (f"qemu-storage-daemon ({offered} INFLIGHT_SHMFD) restarted mid-I/O: {row.error}; "
-                        f"guest: {case.restart.guest_error or '-'}; {row.details}")
-    # fio ran across the outage: its longest completion spans it (QEMU retries the socket
-    # once a second).
-    worst = re.search(r"max completion latency (\d+) ms", row.details.get("host.fio", ""))
-    assert worst is not None and int(worst.group(1)) >= 500, row.details
+    broken = "is not a head" in case.restart.guest_error  # the failure without inflight tracking
+    outcome = "broke: " + case.restart.guest_error if broken else "survived" if row.passed else row.error
+    print(f"qemu-storage-daemon {'offers' if inflight else 'does not offer'} INFLIGHT_SHMFD; restarted mid-I/O "
+          f"the guest {outcome}")
+    if inflight or not broken:
+        assert row.passed, f"{row.error}: {row.details}"
+        # fio ran across the outage: its longest completion spans it (QEMU retries the
+        # socket once a second).
+        worst = re.search(r"max completion latency (\d+) ms", row.details.get("host.fio", ""))
+        assert worst is not None and int(worst.group(1)) >= 500, row.details

@@ -19,12 +19,12 @@ again (issue 15 item 1, vhost-user.rst § Inflight I/O tracking).
   packed rings): the same guest and kill, the daemon throttled so that requests wait in
   it: how QEMU's own back-end takes a restart. QEMU 7.2's offers no
   VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD: QEMU starts the new daemon at the used index it
-  read back, so it takes again from the available ring every request the old one had not
-  returned. That is right only while requests complete in the order they were made
-  available (its throttle queue is FIFO): a request completed out of order would be taken
-  again and Linux would report "id N is not a head" (``BROKEN_RING``). It is QEMU's
-  back-end, not a row of ours; ``tests/conformance/test_vhost_user_restart.py`` keeps the
-  observation.
+  read back, so it takes again every request made available after that index. That is
+  the set that was in flight only if requests completed in the order they were made
+  available; the throttle queues reads and writes apart, so under randrw they often do
+  not, and then a completed request is taken again and Linux reports "id N is not a
+  head" (``BROKEN_RING``). Both outcomes are seen, run to run. It is QEMU's back-end, not
+  a row of ours; ``tests/conformance/test_vhost_user_restart.py`` keeps the observation.
 - net (ours): ``devmodels vhost-user --device virtio-net --backend socket:WIRE`` with the
   host's ``Wire`` (a responder at 10.0.2.2) at the far end. The guest pings every 0.2 s
   across the kill. QEMU keeps no inflight buffer for a NIC: the new server resumes the
