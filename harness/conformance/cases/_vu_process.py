@@ -10,8 +10,8 @@ Rules:
 
 1. Each incarnation is its own process with its own log file (``logs``); ``start`` removes
    what a killed predecessor left at the socket path and returns once the new process
-   bound it (it listens right after), or raises ``HostError`` with the end of its log if it exits or does not
-   listen in time.
+   listens (ours says so; for the daemon, the path bound suffices), or raises
+   ``HostError`` with the end of its log if it exits or does not listen in time.
 2. ``kill`` is ``kill -9`` of the current incarnation by its PID: nothing of its teardown
    runs. ``stop`` (the case's ``ExitStack``) ends a running one with SIGTERM, then SIGKILL.
    Only processes started here are ever signalled.
@@ -37,10 +37,12 @@ from devmodels import HostError
 
 from ._served import _end as end_process
 
-__all__ = ["BackEnd", "devmodels_argv", "qsd_argv", "resubmitted", "ring_starts", "logged", "ring_layout", "REPO"]
+__all__ = ["BackEnd", "READY", "devmodels_argv", "qsd_argv", "resubmitted", "ring_starts", "logged", "ring_layout", "REPO"]
 
 REPO = Path(__file__).resolve().parents[3]
 _LISTEN_TIMEOUT = 30.0
+READY = b"listening on"
+"""What ``devmodels vhost-user`` prints once it listens (``BackEnd``'s ``ready``)."""
 _RESUBMITTED = re.compile(r"event='start'.*resubmitted=(0x[0-9a-f]+|\d+)")
 _STARTED = re.compile(r"index=(0x[0-9a-f]+|\d+) event='start'.*packed=(True|False)")
 _LOGGED = re.compile(r"event='stop'.*logged=(0x[0-9a-f]+|\d+)")
@@ -122,10 +124,14 @@ class BackEnd:
         argv: the command line (``devmodels_argv``, ``qsd_argv``).
         socket_path: where it listens.
         workdir: where the logs go.
+        ready: what the process prints once it listens with its signal handlers in place
+            (``READY`` for ours); ``None`` (qemu-storage-daemon): the socket path suffices.
     """
 
-    def __init__(self, name: str, argv: list[str], socket_path: Path, workdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], socket_path: Path, workdir: Path,
+                 ready: bytes | None = None) -> None:
         self.name = name
+        self.ready = ready
         self.argv = argv
         self.socket_path = socket_path
         self.workdir = workdir
@@ -155,9 +161,10 @@ class BackEnd:
                                             env=env, cwd=str(REPO))
         self.started_at.append(start)
         deadline = start + _LISTEN_TIMEOUT
-        # The path appears when the server binds; it listens right after. A probe connection
-        # would be the server's one front-end for a moment and could turn QEMU away.
-        while not self.socket_path.exists():
+        # The path appears when the server binds; it listens right after, and ours says so
+        # once its signal handlers are in place. A probe connection would be the server's
+        # one front-end for a moment and could turn QEMU away.
+        while not (self.socket_path.exists() and (self.ready is None or self.ready in log_path.read_bytes())):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-600:]
                 raise HostError(f"{self.name} did not start listening on {self.socket_path}: {tail}")

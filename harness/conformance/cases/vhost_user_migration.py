@@ -42,7 +42,7 @@ from ...guest._protocol import DONE_MARKER, parse_checks
 from ...qemu.binaries import QEMU_7_2, QEMU_11_1, QemuBinary
 from ...qemu.qmp import QmpClient
 from .._case import Attachment
-from ._vu_process import BackEnd, devmodels_argv, logged, ring_layout, ring_starts
+from ._vu_process import READY, BackEnd, devmodels_argv, logged, ring_layout, ring_starts
 from ._vu_wire import Wire
 from .vhost_user_restart import (
     FIO_BEGIN,
@@ -193,7 +193,8 @@ class MigrationCase:
         for side in ("source", "destination"):
             for device, backend in (("blk", f"file:{image}"), ("net", f"socket:{self.wire.path}")):
                 sock = workdir / f"{side}-{device}.sock"
-                proc = BackEnd(f"{side}-{device}", devmodels_argv(sock, f"virtio-{device}", [backend]), sock, workdir)
+                proc = BackEnd(f"{side}-{device}", devmodels_argv(sock, f"virtio-{device}", [backend]), sock, workdir,
+                               READY)
                 stack.callback(proc.stop)
                 proc.start()
                 self.backends[f"{side}-{device}"] = proc

@@ -53,7 +53,7 @@ from devmodels import HostError
 
 from ...guest._protocol import DONE_MARKER
 from .._case import Attachment
-from ._vu_process import BackEnd, devmodels_argv, qsd_argv, resubmitted, ring_layout
+from ._vu_process import READY, BackEnd, devmodels_argv, qsd_argv, resubmitted, ring_layout
 from ._vu_wire import Wire
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ class RestartBlkCase(_RestartCase):
             plan = workdir / "slow-disk.json"
             plan.write_text(json.dumps(SLOW_DISK_PLAN))
             argv = devmodels_argv(sock, "virtio-blk", [f"file:{image}"], faults=plan)
-        self.backend = BackEnd("qsd" if self.qsd else "blk", argv, sock, workdir)
+        self.backend = BackEnd("qsd" if self.qsd else "blk", argv, sock, workdir, None if self.qsd else READY)
         stack.callback(self.backend.stop)
         self.backend.start()
         options = ",packed=on" if self.packed else ""
@@ -345,7 +345,7 @@ class RestartNetCase(_RestartCase):
         stack.callback(self.wire.stop)
         sock = workdir / "net.sock"
         argv = devmodels_argv(sock, "virtio-net", [f"socket:{self.wire.path}"])
-        self.backend = BackEnd("net", argv, sock, workdir)
+        self.backend = BackEnd("net", argv, sock, workdir, READY)
         stack.callback(self.backend.stop)
         self.backend.start()
         return Attachment(
