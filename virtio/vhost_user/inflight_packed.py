@@ -32,6 +32,12 @@ Rules:
 4. An inconsistency while tracking (the free list runs out, an unknown buffer id comes
    back: host bugs, not guest input) stops tracking for the queue and invalidates the
    region (``broken``), so that no later back-end resubmits from it.
+5. The front-end maps the same buffer and may rewrite it at any time: while tracking, the
+   tracker keeps each buffer's head entry, last entry and count, and the committed
+   (``old_*``) position, in its own memory and stores them to the region, never reading
+   them back; the only index it reads from the region, a free entry's ``next``, is bounded
+   by ``desc_num`` before use. So nothing the front-end writes there makes a tracker raise
+   or store outside the queue's region (at worst the front-end spoils its own record).
 """
 
 from __future__ import annotations
@@ -83,7 +89,10 @@ class PackedInflight:
         self.free_head = 0
         self.used_idx = 0
         self.used_wrap = True
-        self._slot_of: dict[int, int] = {}  # buffer id -> its head entry
+        # Rule 5: buffer id -> (head entry, last entry, descriptors), and the committed
+        # free head and used position, kept here; the region only receives them.
+        self._slot_of: dict[int, tuple[int, int, int]] = {}
+        self._old: tuple[int, int, bool] = (0, 0, True)
         self._batch: list[tuple[int, int]] = []  # (buffer id, head entry) being returned
         self.broken: str | None = None
 
@@ -136,6 +145,7 @@ class PackedInflight:
             self._map[start + field] = int(used_wrap)
         self._set_h16(_VERSION, VHOST_USER_INFLIGHT_VERSION)  # last: the region is now valid
         self.free_head, self.used_idx, self.used_wrap = 0, used, used_wrap
+        self._old = (0, used, used_wrap)
         self.counter = 0
         self._slot_of.clear()
         self.broken = None
@@ -188,7 +198,7 @@ class PackedInflight:
             taken.add(slot)
             self._map[self._entry(slot) + _D_INFLIGHT] = 0
             slot = self._e16(slot, _D_NEXT)
-        found: list[tuple[int, int, bytes, int, int]] = []
+        found: list[tuple[int, int, bytes, int, int, int]] = []
         total = 0
         for head in range(num):
             flag = self._map[self._entry(head) + _D_INFLIGHT]
@@ -213,7 +223,7 @@ class PackedInflight:
                 raise InflightError(f"buffer at entry {head} ends at {slot}, not at its last {self._e16(head, _D_LAST)}")
             total += count
             counter = int(_U64.unpack_from(self._map, self._entry(head) + _D_COUNTER)[0])
-            found.append((counter, head, b"".join(copies), count, buffer_id))
+            found.append((counter, head, b"".join(copies), count, buffer_id, slot))
         if total > size:
             raise InflightError(f"{total} descriptors in flight in a queue of {size}")
         ids = [f[4] for f in found]
@@ -221,8 +231,9 @@ class PackedInflight:
             raise InflightError(f"buffer ids in flight {sorted(ids)} repeat or exceed the queue size {size}")
         found.sort()
         self.free_head, self.used_idx, self.used_wrap = free_head, used, bool(used_wrap)
+        self._old = (free_head, used, bool(used_wrap))
         self.counter = found[-1][0] + 1 if found else 0
-        self._slot_of = {f[4]: f[1] for f in found}
+        self._slot_of = {f[4]: (f[1], f[5], f[3]) for f in found}
         self.broken = None
         return Recovery(used=used, used_wrap=bool(used_wrap), resubmit=tuple(f[2] for f in found),
                         counts=tuple(f[3] for f in found), ids=tuple(f[4] for f in found))
@@ -247,6 +258,7 @@ class PackedInflight:
             self.counter += 1
             mapping[entry + _D_INFLIGHT] = 1
             buffer_id = 0
+            slot = head
             for k in range(count):
                 slot = self.free_head
                 if slot >= num:
@@ -257,10 +269,11 @@ class PackedInflight:
                     self._set_e16(head, _D_LAST, slot)
                 self._set_e16(head, _D_NUM, k + 1)
                 _COPY.pack_into(mapping, self._entry(slot) + _D_COPY, buffer_id, flags, length, addr)
-                self.free_head = self._e16(slot, _D_NEXT)
+                self.free_head = self._e16(slot, _D_NEXT)  # bounded above before use (rule 5)
                 self._set_h16(_FREE_HEAD, self.free_head)
             self._set_h16(_OLD_FREE_HEAD, self.free_head)
-            self._slot_of[buffer_id] = head
+            self._old = (self.free_head, self._old[1], self._old[2])
+            self._slot_of[buffer_id] = (head, slot, count)
 
     def pushing(self, ids: Sequence[int]) -> None:
         """These buffers are about to be returned (rule 2: one per publication)."""
@@ -268,15 +281,15 @@ class PackedInflight:
             return
         batch = []
         for buffer_id in ids:
-            head = self._slot_of.get(buffer_id)
-            if head is None:
+            taken = self._slot_of.get(buffer_id)
+            if taken is None:
                 self._break(f"buffer {buffer_id} returned but not taken")
                 return
-            last = self._e16(head, _D_LAST)
+            head, last, count = taken
             self._set_e16(last, _D_NEXT, self.free_head)
             self.free_head = head
             self._set_h16(_FREE_HEAD, head)
-            self.used_idx += self._e16(head, _D_NUM)
+            self.used_idx += count
             while self.used_idx >= self.size:
                 self.used_idx -= self.size
                 self.used_wrap = not self.used_wrap
@@ -293,8 +306,7 @@ class PackedInflight:
             return
         if not published:
             # Nothing visible: the buffers stay in flight; undo the list and position.
-            self.free_head = self._h16(_OLD_FREE_HEAD)
-            self.used_idx, self.used_wrap = self._h16(_OLD_USED_IDX), bool(self._h8(_OLD_USED_WRAP))
+            self.free_head, self.used_idx, self.used_wrap = self._old
             self._set_h16(_FREE_HEAD, self.free_head)
             self._set_h16(_USED_IDX, self.used_idx)
             self._map[self._base + _USED_WRAP] = int(self.used_wrap)
@@ -308,18 +320,21 @@ class PackedInflight:
         self._set_h16(_OLD_FREE_HEAD, self.free_head)
         self._set_h16(_OLD_USED_IDX, self.used_idx)
         self._map[self._base + _OLD_USED_WRAP] = int(self.used_wrap)
+        self._old = (self.free_head, self.used_idx, self.used_wrap)
 
     def rewound(self, ids: Sequence[int]) -> None:
         """These buffers were given back to the ring (they will be taken again)."""
         if self.broken is not None:
             return
         for buffer_id in ids:
-            head = self._slot_of.pop(buffer_id, None)
-            if head is None:
+            taken = self._slot_of.pop(buffer_id, None)
+            if taken is None:
                 self._break(f"buffer {buffer_id} given back but not taken")
                 return
-            self._set_e16(self._e16(head, _D_LAST), _D_NEXT, self.free_head)
+            head, last, _count = taken
+            self._set_e16(last, _D_NEXT, self.free_head)
             self.free_head = head
             self._set_h16(_FREE_HEAD, head)
             self._set_h16(_OLD_FREE_HEAD, head)
+            self._old = (head, self._old[1], self._old[2])
             self._map[self._entry(head) + _D_INFLIGHT] = 0

@@ -425,3 +425,25 @@ def test_the_nic_does_not_offer_inflight_tracking():
     ram.close()
     ours.close()
     theirs.close()
+
+
+# -- a front-end writing the shared region while the back-end tracks ----------------------------
+
+
+@pytest.mark.parametrize("scribble", [100, 0xFFFF])
+def test_packed_tracking_never_follows_indices_the_front_end_rewrote(scribble):
+    # The front-end maps the same memfd: it can rewrite ``last``, ``num`` and ``next`` of
+    # the entries of buffers in flight at any time. Returning and giving back those buffers
+    # must neither raise (the server's loop would die) nor store outside the queue's region.
+    m = mmap.mmap(-1, 4096)  # the region (288 bytes) and, after it, what it must not touch
+    t = PackedInflight(m, 0, 8, 8)
+    t.initialize(0, True)
+    t.popped([pdesc(0x1000, 16, 1, 1 | AVAIL) + pdesc(0x2000, 16, 1, AVAIL), pdesc(0x3000, 16, 2, AVAIL)])
+    end = PackedInflight.need(8)
+    for i in range(8):
+        entry = 32 + 32 * i
+        m[entry + 2 : entry + 8] = scribble.to_bytes(2, "little") * 3  # next, last, num
+    t.pushing([1])
+    t.pushed(True, 2, True)
+    t.rewound([2])
+    assert m[end:] == bytes(len(m) - end)
