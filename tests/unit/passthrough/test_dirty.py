@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 
 import pytest
 
@@ -233,3 +234,19 @@ def test_a_plain_guest_memory_offers_no_dma_logging() -> None:
     expect_error(peer.request(VFIO_USER_DEVICE_FEATURE, vfio_user_device_feature.pack(8, flags)), errno.ENOTSUP)
     peer.close()
     assert thread.join()
+
+
+def test_a_fine_report_of_a_coarse_dirty_page_costs_its_bitmap_not_a_loop_per_bit() -> None:
+    # A client tracks at 1 GiB pages (its hint) and reports at 1-byte pages: one dirty
+    # tracked page sets every bit of the largest bitmap a report may have (2**28 bits). Bit
+    # by bit that took the server's loop ~25 s per REPORT; the bound is for a hang.
+    from passthrough.user.features import MAX_REPORT_BYTES
+
+    log = DirtyLog([(0, 1 << 30)], 1 << 30, max_bitmap_bytes=64)
+    log.mark(0, 1)
+    began = time.monotonic()
+    bitmap = log.report(0, MAX_REPORT_BYTES * 8, 1)
+    assert time.monotonic() - began < 5.0, "REPORT hung the server"
+    assert bitmap == b"\xff" * MAX_REPORT_BYTES
+    # Not wholly inside that report, the tracked page stays dirty for the next one.
+    assert log.report(1 << 29, 1 << 29, PAGE) == b"\xff" * ((1 << 29) // PAGE // 8)
