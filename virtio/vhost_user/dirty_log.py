@@ -16,7 +16,9 @@ Rules:
    1..``VHOST_USER_MAX_LOG_SIZE`` and, like the offset, a multiple of 4 (whole 32-bit
    words; QEMU's log is an array of 64-bit words), the descriptor a regular file (a memfd) at least
    ``offset + size`` long; anything else is a ``LogError`` and nothing is kept. The file
-   descriptor is closed once mapped (or refused).
+   descriptor is closed once mapped (or refused). A file that allows sealing is sealed
+   against shrinking before its size is checked (a mapping past the end of its file
+   faults with SIGBUS; ``inflight`` rule 5); QEMU's log is sealed already.
 2. ``mark(gpa, length)`` sets the bit of every page of ``[gpa, gpa + length)`` with an
    atomic OR (``atomic_bits``: another back-end may set bits of the same byte at the same
    time); a bit already set is left alone (reading it first is enough: the front-end
@@ -42,6 +44,7 @@ from collections.abc import Iterable
 
 from . import atomic_bits
 from .defs import VHOST_LOG_PAGE, VHOST_USER_MAX_LOG_SIZE
+from .inflight import seal_against_shrinking
 from .messages import close_fds
 
 __all__ = ["DirtyLog", "LogError"]
@@ -93,6 +96,8 @@ class DirtyLog:
                 raise LogError(f"log descriptor: {exc.strerror}") from None
             if not stat.S_ISREG(info.st_mode):
                 raise LogError(f"log descriptor is not a memory file (mode {info.st_mode:#o})")
+            if seal_against_shrinking(fd):  # rule 1: then the size checked below stays
+                info = os.fstat(fd)
             if info.st_size < offset + size:
                 raise LogError(f"log file is {info.st_size:#x} bytes, shorter than {offset:#x} + {size:#x}")
             # mmap offsets are page aligned: map from the page holding the log's start.

@@ -27,10 +27,17 @@ Rules:
    back-end killed at any instruction leaves what it had recorded so far.
 4. Descriptors are the caller's: ``create`` returns a new memfd for the reply (the caller
    sends and closes it); ``adopt`` closes the descriptor once mapped (or refused).
+5. A shared mapping past the end of its file faults (SIGBUS: the whole server dies) on
+   access, and the front-end holds the file. ``create`` seals the memfd it answers at its
+   size (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``), so the buffer QEMU hands back is
+   one nobody can truncate; ``adopt`` adds ``F_SEAL_SHRINK`` to a file that allows it
+   before checking its size (``seal_against_shrinking``). A file that cannot be sealed
+   is used as it is, as guest RAM's are (``memory`` rule 1).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import stat
@@ -40,7 +47,7 @@ from .defs import VHOST_USER_INFLIGHT_ALIGN, VIRTQUEUE_MAX_SIZE
 from .messages import close_fds
 
 __all__ = ["InflightBuffer", "InflightError", "Recovery", "region_size", "SPLIT_HEADER", "SPLIT_DESC",
-           "PACKED_HEADER", "PACKED_DESC", "MAX_QUEUES"]
+           "PACKED_HEADER", "PACKED_DESC", "MAX_QUEUES", "seal_against_shrinking"]
 
 # QueueRegionSplit: u64 features, u16 version, u16 desc_num, u16 last_batch_head, u16
 # used_idx, then DescStateSplit[desc_num] of 16 bytes (u8 inflight, 5 bytes padding, u16
@@ -66,6 +73,18 @@ def region_size(queue_size: int) -> int:
     """Bytes of one queue's region in a buffer this back-end allocates (rule 1)."""
     need = max(SPLIT_HEADER + SPLIT_DESC * queue_size, PACKED_HEADER + PACKED_DESC * queue_size)
     return -(-need // VHOST_USER_INFLIGHT_ALIGN) * VHOST_USER_INFLIGHT_ALIGN
+
+
+def seal_against_shrinking(fd: int) -> bool:
+    """Add ``F_SEAL_SHRINK`` to ``fd`` if its file allows sealing (rule 5); whether it
+    is sealed so now."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if not seals & fcntl.F_SEAL_SHRINK:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError:
+        return False  # not a memfd, sealing not allowed, or F_SEAL_SEAL already set
+    return True
 
 
 def _check_shape(num_queues: int, queue_size: int) -> None:
@@ -117,9 +136,10 @@ class InflightBuffer:
         """
         _check_shape(num_queues, queue_size)
         size = num_queues * region_size(queue_size)
-        fd = os.memfd_create("vhost-user-inflight", os.MFD_CLOEXEC)
+        fd = os.memfd_create("vhost-user-inflight", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)  # rule 5
         except OSError:
             os.close(fd)
             raise
@@ -146,6 +166,8 @@ class InflightBuffer:
                 raise InflightError(f"inflight descriptor: {exc.strerror}") from None
             if not stat.S_ISREG(info.st_mode):
                 raise InflightError(f"inflight descriptor is not a memory file (mode {info.st_mode:#o})")
+            if seal_against_shrinking(fd):  # rule 5: then the size checked below stays
+                info = os.fstat(fd)
             if info.st_size < offset + size:
                 raise InflightError(f"inflight file is {info.st_size:#x} bytes, shorter than {offset:#x} + {size:#x}")
             base = offset - offset % mmap.ALLOCATIONGRANULARITY

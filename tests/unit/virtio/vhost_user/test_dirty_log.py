@@ -236,3 +236,17 @@ def test_a_log_that_cannot_be_mapped_ends_the_connection(served):
     os.close(r)
     os.close(w)
     assert fe.closed(timeout=5)
+
+
+def test_a_sealable_log_is_sealed_against_shrinking_before_it_is_mapped():
+    # A mapping past the end of its file faults (SIGBUS) on access: a front-end truncating
+    # the log file while we log would kill the server. QEMU seals its log; others may not.
+    fd = os.memfd_create("test-log", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, LOG_SIZE)
+    log = DirtyLog.open(os.dup(fd), LOG_SIZE, 0)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 0)
+    log.mark(0, 1)
+    assert log.is_marked(0)
+    log.close()
+    os.close(fd)

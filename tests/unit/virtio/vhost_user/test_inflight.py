@@ -447,3 +447,27 @@ def test_packed_tracking_never_follows_indices_the_front_end_rewrote(scribble):
     t.pushed(True, 2, True)
     t.rewound([2])
     assert m[end:] == bytes(len(m) - end)
+
+
+def test_the_buffer_this_back_end_allocates_cannot_be_shrunk_under_it():
+    # A mapping past the end of its file faults (SIGBUS) on access: a front-end that
+    # truncated the inflight memfd killed the server at its next tracked request.
+    fd, size = InflightBuffer.create(1, 64)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 0)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, size + 4096)
+    assert os.fstat(fd).st_size == size
+    os.close(fd)
+
+
+def test_an_adopted_sealable_buffer_is_sealed_against_shrinking():
+    fd = os.memfd_create("front-end-inflight", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    size = region_size(64)
+    os.ftruncate(fd, size)
+    buffer = InflightBuffer.adopt(os.dup(fd), size, 0, 1, 64)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 0)
+    buffer.mapping[0] = 1  # still there
+    buffer.close()
+    os.close(fd)
