@@ -85,6 +85,7 @@ from ..defs import (
     DRIVER_OK,
     FEATURES_OK,
     VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_IN_ORDER,
     VIRTIO_F_NOTIFICATION_DATA,
     VIRTIO_F_RING_PACKED,
     VIRTIO_F_RING_RESET,
@@ -912,6 +913,10 @@ class VhostUserSession:
         has one of the right size."""
         buffer = self.inflight
         if buffer is None or not self.resubmits:
+            return None
+        if self.features is not None and self.features >> VIRTIO_F_IN_ORDER & 1:
+            # Resubmission re-reads chains by head, which an IN_ORDER ring does not allow.
+            _log.warning("vhost-user: ring %d negotiated VIRTIO_F_IN_ORDER; it is not tracked", vring.index)
             return None
         kind = PackedInflight if packed else SplitInflight
         base = buffer.region(vring.index, kind.need(buffer.queue_size))

@@ -29,7 +29,7 @@ from devmodels.backends import BlockOp, BlockRequest, MemoryDiskBackend
 from virtio.blk import VirtioBlkDevice
 from virtio.blk.defs import VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT
 from virtio.blk.layouts import VIRTIO_BLK_REQ_HDR
-from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_RING_PACKED
+from virtio.defs import VIRTIO_F_EVENT_IDX, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED
 from virtio.net import VirtioNetDevice
 from virtio.queue import Virtqueue
 from virtio.testing import make_driver
@@ -471,3 +471,36 @@ def test_an_adopted_sealable_buffer_is_sealed_against_shrinking():
     buffer.mapping[0] = 1  # still there
     buffer.close()
     os.close(fd)
+
+
+def test_an_in_order_ring_is_not_tracked_and_a_restart_does_not_end_the_server(disk, ram):
+    """Resubmission re-reads chains by head, which VIRTIO_F_IN_ORDER does not allow: a device
+    that offers IN_ORDER gets no tracking on that ring instead of a UsageError out of the
+    session when the next back-end starts it."""
+    first = Backend(HeldDisk(disk, hold_from=256 * SECTOR), False, ram)
+    first.device.features.offered |= 1 << VIRTIO_F_IN_ORDER
+    fe = first.frontend
+    features = features_of(fe, False)
+    assert features >> VIRTIO_F_IN_ORDER & 1
+    fe.handshake(features)
+    inflight_fd, area = fe.get_inflight_fd(1, 64)
+    assert fe.set_inflight_fd(inflight_fd, area) == 0
+    driver = ring(features, ram, False)
+    fe.setup_ring(0, driver)
+    write(driver, 256)  # held: in flight when the back-end dies
+    if driver.kick():
+        fe.kick(0)
+    wait_until(lambda: len(first.server.device.backend.held) == 1)
+    first.kill()
+
+    second = Backend(HeldDisk(disk, hold_from=None), False, ram)
+    second.device.features.offered |= 1 << VIRTIO_F_IN_ORDER
+    fe = second.frontend
+    fe.handshake(features)
+    assert fe.set_inflight_fd(inflight_fd, area) == 0
+    fe.setup_ring(0, driver, base=ram.memory.load_u16(driver.layout.device_addr + 2))
+    assert second.thread.is_alive()
+    assert fe.get_features() == features | 1 << VIRTIO_F_IN_ORDER  # the session still answers
+    second.server.close()
+    first.server.close()
+    os.close(inflight_fd)
