@@ -2,6 +2,7 @@
 server authors.
 
 Rules:
+
 1. ``listen_unix`` binds a temporary name beside ``path``, calls ``listen`` and only then
    renames it to ``path`` (``rename(2)`` is atomic). A peer that waits for the path to exist
    and then connects (QEMU's ``reconnect=``, a test, a launcher) never meets a socket that is
