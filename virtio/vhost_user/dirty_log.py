@@ -18,7 +18,7 @@ Rules:
    ``offset + size`` long; anything else is a ``LogError`` and nothing is kept. The file
    descriptor is closed once mapped (or refused). A file that allows sealing is sealed
    against shrinking before its size is checked (a mapping past the end of its file
-   faults with SIGBUS; ``inflight`` rule 5); QEMU's log is sealed already.
+   faults with SIGBUS; ``shared_file`` rule 2); QEMU's log is sealed already.
 2. ``mark(gpa, length)`` sets the bit of every page of ``[gpa, gpa + length)`` with an
    atomic OR (``atomic_bits``: another back-end may set bits of the same byte at the same
    time); a bit already set is left alone (reading it first is enough: the front-end
@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
-import stat
 import struct
 from collections.abc import Iterable
 
 from . import atomic_bits
 from .defs import VHOST_LOG_PAGE, VHOST_USER_MAX_LOG_SIZE
-from .inflight import seal_against_shrinking
 from .messages import close_fds
+from .shared_file import map_shared
 
 __all__ = ["DirtyLog", "LogError"]
 
@@ -90,26 +88,10 @@ class DirtyLog:
                 raise LogError(f"log size {size} and offset {offset:#x} must be multiples of 4")
             if offset < 0 or offset + size > 1 << 62:
                 raise LogError(f"log offset {offset:#x} is out of range")
-            try:
-                info = os.fstat(fd)
-            except OSError as exc:
-                raise LogError(f"log descriptor: {exc.strerror}") from None
-            if not stat.S_ISREG(info.st_mode):
-                raise LogError(f"log descriptor is not a memory file (mode {info.st_mode:#o})")
-            if seal_against_shrinking(fd):  # rule 1: then the size checked below stays
-                info = os.fstat(fd)
-            if info.st_size < offset + size:
-                raise LogError(f"log file is {info.st_size:#x} bytes, shorter than {offset:#x} + {size:#x}")
-            # mmap offsets are page aligned: map from the page holding the log's start.
-            base = offset - offset % mmap.ALLOCATIONGRANULARITY
-            try:
-                mapping = mmap.mmap(fd, offset - base + size, flags=mmap.MAP_SHARED,
-                                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
-            except (OSError, ValueError) as exc:
-                raise LogError(f"cannot map the log: {exc}") from None
+            mapping, start = map_shared(fd, offset, size, what="log", noun="the log", error=LogError)
         finally:
             close_fds([fd])
-        return cls(mapping, offset - base, size)
+        return cls(mapping, start, size)
 
     def mark(self, gpa: int, length: int) -> None:
         """Mark every page of ``[gpa, gpa + length)`` dirty (rules 2–3)."""

@@ -31,7 +31,7 @@ Rules:
    access, and the front-end holds the file. ``create`` seals the memfd it answers at its
    size (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``), so the buffer QEMU hands back is
    one nobody can truncate; ``adopt`` adds ``F_SEAL_SHRINK`` to a file that allows it
-   before checking its size (``seal_against_shrinking``). A file that cannot be sealed
+   before checking its size (``shared_file.map_shared``). A file that cannot be sealed
    is used as it is, as guest RAM's are (``memory`` rule 1).
 """
 
@@ -40,14 +40,14 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import stat
 from dataclasses import dataclass, field
 
 from .defs import VHOST_USER_INFLIGHT_ALIGN, VIRTQUEUE_MAX_SIZE
 from .messages import close_fds
+from .shared_file import map_shared
 
 __all__ = ["InflightBuffer", "InflightError", "Recovery", "region_size", "SPLIT_HEADER", "SPLIT_DESC",
-           "PACKED_HEADER", "PACKED_DESC", "MAX_QUEUES", "seal_against_shrinking"]
+           "PACKED_HEADER", "PACKED_DESC", "MAX_QUEUES"]
 
 # QueueRegionSplit: u64 features, u16 version, u16 desc_num, u16 last_batch_head, u16
 # used_idx, then DescStateSplit[desc_num] of 16 bytes (u8 inflight, 5 bytes padding, u16
@@ -73,18 +73,6 @@ def region_size(queue_size: int) -> int:
     """Bytes of one queue's region in a buffer this back-end allocates (rule 1)."""
     need = max(SPLIT_HEADER + SPLIT_DESC * queue_size, PACKED_HEADER + PACKED_DESC * queue_size)
     return -(-need // VHOST_USER_INFLIGHT_ALIGN) * VHOST_USER_INFLIGHT_ALIGN
-
-
-def seal_against_shrinking(fd: int) -> bool:
-    """Add ``F_SEAL_SHRINK`` to ``fd`` if its file allows sealing (rule 5); whether it
-    is sealed so now."""
-    try:
-        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        if not seals & fcntl.F_SEAL_SHRINK:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-    except OSError:
-        return False  # not a memfd, sealing not allowed, or F_SEAL_SEAL already set
-    return True
 
 
 def _check_shape(num_queues: int, queue_size: int) -> None:
@@ -160,25 +148,11 @@ class InflightBuffer:
                 raise InflightError(f"{size} bytes cannot hold {num_queues} queue regions of {queue_size} entries")
             if offset < 0 or offset > 1 << 62:
                 raise InflightError(f"inflight offset {offset:#x}")
-            try:
-                info = os.fstat(fd)
-            except OSError as exc:
-                raise InflightError(f"inflight descriptor: {exc.strerror}") from None
-            if not stat.S_ISREG(info.st_mode):
-                raise InflightError(f"inflight descriptor is not a memory file (mode {info.st_mode:#o})")
-            if seal_against_shrinking(fd):  # rule 5: then the size checked below stays
-                info = os.fstat(fd)
-            if info.st_size < offset + size:
-                raise InflightError(f"inflight file is {info.st_size:#x} bytes, shorter than {offset:#x} + {size:#x}")
-            base = offset - offset % mmap.ALLOCATIONGRANULARITY
-            try:
-                mapping = mmap.mmap(fd, offset - base + size, flags=mmap.MAP_SHARED,
-                                    prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
-            except (OSError, ValueError) as exc:
-                raise InflightError(f"cannot map the inflight buffer: {exc}") from None
+            mapping, start = map_shared(fd, offset, size, what="inflight", noun="the inflight buffer",
+                                        error=InflightError)
         finally:
             close_fds([fd])
-        return cls(mapping, offset - base, size, num_queues, queue_size)
+        return cls(mapping, start, size, num_queues, queue_size)
 
     def region(self, index: int, need: int) -> int | None:
         """The offset in ``mapping`` of queue ``index``'s region if it exists and holds
