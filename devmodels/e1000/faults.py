@@ -25,33 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..faults import ActiveFault, CorruptFrame, FaultEngine
+from ..faults import ActiveFault, CorruptFrame, FaultEngine, LinkActuator, overrun_frame
 from ..faults.plan import RxOverrun, TxHang
 from . import regs as r
 from .device import E1000
 from .rx import RxResult
 
-__all__ = ["E1000Faults", "overrun_frame"]
-
-_ETHERTYPE_LOCAL_EXPERIMENTAL = 0x88B5  # IEEE 802: for local experiments, nobody's protocol
-
-
-def overrun_frame(size: int) -> bytes:
-    """A broadcast frame of ``size`` bytes of nobody's protocol, for ``net.rx-overrun``."""
-    header = b"\xff" * 6 + bytes.fromhex("020000000001") + _ETHERTYPE_LOCAL_EXPERIMENTAL.to_bytes(2, "big")
-    return header + bytes(size - len(header))
-
-
-class _Link:
-    def __init__(self, device: E1000) -> None:
-        self.device = device
-
-    def start(self, active: ActiveFault) -> None:
-        self.device.set_link(False)
-
-    def stop(self, active: ActiveFault) -> None:
-        self.device.set_link(True)
-
+__all__ = ["E1000Faults"]
 
 class _Overrun:
     def __init__(self, device: E1000) -> None:
@@ -90,7 +70,7 @@ class E1000Faults:
         tx.reset = self._on_tx_reset  # type: ignore[method-assign]
         rx.receive = self._rx_receive  # type: ignore[method-assign]
         self.overrun = _Overrun(device)
-        engine.add_actuator("net.link-down", _Link(device))
+        engine.add_actuator("net.link-down", LinkActuator(device))
         engine.add_actuator("net.tx-hang", self)
         engine.add_actuator("net.rx-overrun", self.overrun)
 

@@ -20,7 +20,7 @@ other way round. ``docs/faults.md`` lists every fault and what the real hardware
 from .block import FaultyBlockBackend
 from .control import FaultClient, FaultControlServer
 from .engine import ActiveFault, Actuator, FaultEngine
-from .net import CorruptFrame, FaultyNetBackend
+from .net import CorruptFrame, FaultyNetBackend, LinkActuator, overrun_frame
 from .pci import PciFaults
 from .plan import (
     KINDS,
@@ -62,6 +62,7 @@ __all__ = [
     "FrameDuplicate",
     "FrameReorder",
     "KINDS",
+    "LinkActuator",
     "LinkDown",
     "LostInterrupt",
     "MediaError",
@@ -73,4 +74,5 @@ __all__ = [
     "StuckIo",
     "TornWrite",
     "TxHang",
+    "overrun_frame",
 ]

@@ -18,12 +18,16 @@ Rules:
    nothing while unplugged). Taking the NIC's link down is the device hook's job.
 4. Received frames the wrapper holds (duplicates beyond ``limit``) are handed out first on
    the next ``receive``; they are bounded by the frames taken from the inner backend.
+5. What every NIC's device hook needs alike: ``LinkActuator`` takes a device's link down
+   (``set_link(False)``) when a ``net.link-down`` window opens and up when it closes, and
+   ``overrun_frame`` is the frame a ``net.rx-overrun`` burst is made of.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import dataclass
 
 from .._trace import tracepoint
@@ -31,7 +35,7 @@ from ..backends import NetBackend, NetOffloads
 from .engine import ActiveFault, FaultEngine
 from .plan import FrameCorrupt, FrameDrop, FrameDuplicate, FrameReorder, _FrameFault
 
-__all__ = ["FaultyNetBackend", "CorruptFrame", "NetFaultStats", "VNET_HDR_LEN"]
+__all__ = ["FaultyNetBackend", "CorruptFrame", "NetFaultStats", "VNET_HDR_LEN", "LinkActuator", "overrun_frame"]
 
 _tp_net = tracepoint("faults.net")
 VNET_HDR_LEN = 12  # virtio 1.2 §5.1.6, with num_buffers (``NetBackend`` rule 4)
@@ -39,6 +43,32 @@ _ETH_HLEN = 14
 _NEEDS_CSUM = 1
 _DATA_VALID = 2
 _FLUSH_LIMIT = 4096  # frames discarded at most when a link comes back (rule 3)
+_ETHERTYPE_LOCAL_EXPERIMENTAL = 0x88B5  # IEEE 802: for local experiments, nobody's protocol
+
+
+def overrun_frame(size: int) -> bytes:
+    """A broadcast frame of ``size`` bytes of nobody's protocol, for ``net.rx-overrun`` (rule 5)."""
+    header = b"\xff" * 6 + bytes.fromhex("020000000001") + _ETHERTYPE_LOCAL_EXPERIMENTAL.to_bytes(2, "big")
+    return header + bytes(size - len(header))
+
+
+class _HasLink(Protocol):
+    def set_link(self, up: bool) -> None: ...
+
+
+class LinkActuator:
+    """``net.link-down`` on a NIC with ``set_link(up)``: down while the window is open (rule 5)."""
+
+    def __init__(self, device: _HasLink) -> None:
+        self.device = device
+
+    def start(self, active: ActiveFault) -> None:
+        """The cable is pulled: the NIC reports its link down."""
+        self.device.set_link(False)
+
+    def stop(self, active: ActiveFault) -> None:
+        """The cable is back: the NIC reports its link up."""
+        self.device.set_link(True)
 
 
 class CorruptFrame(bytes):

@@ -17,27 +17,13 @@ Rules:
 
 from __future__ import annotations
 
-from devmodels.faults import ActiveFault, FaultEngine
+from devmodels.faults import ActiveFault, FaultEngine, LinkActuator, overrun_frame
 from devmodels.faults.plan import RxOverrun
 
 from .defs import VIRTIO_NET_HDR_SIZE
 from .device import VirtioNetDevice
 
 __all__ = ["VirtioNetFaults"]
-
-_ETHERTYPE_LOCAL_EXPERIMENTAL = 0x88B5
-
-
-class _Link:
-    def __init__(self, device: VirtioNetDevice) -> None:
-        self.device = device
-
-    def start(self, active: ActiveFault) -> None:
-        self.device.set_link(False)
-
-    def stop(self, active: ActiveFault) -> None:
-        self.device.set_link(True)
-
 
 class _Overrun:
     def __init__(self, device: VirtioNetDevice) -> None:
@@ -46,8 +32,7 @@ class _Overrun:
     def start(self, active: ActiveFault) -> None:
         fault = active.fault
         assert isinstance(fault, RxOverrun)  # registered for this kind only
-        header = b"\xff" * 6 + bytes.fromhex("020000000001") + _ETHERTYPE_LOCAL_EXPERIMENTAL.to_bytes(2, "big")
-        frame = header + bytes(fault.size - len(header))
+        frame = overrun_frame(fault.size)
         if self.device.vnet:
             frame = bytes(VIRTIO_NET_HDR_SIZE) + frame
         self.device.receive([frame] * fault.frames)
@@ -61,5 +46,5 @@ class VirtioNetFaults:
 
     def __init__(self, device: VirtioNetDevice, engine: FaultEngine) -> None:
         self.device = device
-        engine.add_actuator("net.link-down", _Link(device))
+        engine.add_actuator("net.link-down", LinkActuator(device))
         engine.add_actuator("net.rx-overrun", _Overrun(device))
