@@ -60,24 +60,22 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .common import (
+    Booted,
     FIO_JOBS,
     GUEST_FUNCTIONS,
     Attachment,
     BenchFailure,
     GuestConfig,
     GuestRuns,
-    GuestSession,
-    Health,
     LauncherSession,
     MpqemuStats,
     PerIoField,
     Plan,
-    Sampler,
     Samplers,
     add_guest_options,
     end_process,
@@ -164,16 +162,6 @@ class Params:
     cache: str = "writeback"
     ours_opts: tuple[str, ...] = ()
     profile: Path | None = None
-
-
-@dataclass
-class Booted:
-    """A booted guest (``session``), the sampler of our server's counters, its health and log."""
-
-    session: GuestSession
-    sampler: Sampler | None = None
-    health: Health | None = None
-    logs: dict[str, Path] = field(default_factory=dict)
 
 
 Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]

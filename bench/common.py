@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from harness.qemu.launcher import QemuLauncher
 
 __all__ = [
-    "DONE_CHECK", "FIO_JOBS", "GUEST_FUNCTIONS", "HEADLINE_JOB", "Attachment", "BenchFailure", "Comparison",
+    "DONE_CHECK", "FIO_JOBS", "GUEST_FUNCTIONS", "HEADLINE_JOB", "Attachment", "BenchFailure", "Booted", "Comparison",
     "Deadlines", "Figure", "FioJob", "GuestConfig", "GuestRuns", "GuestSession", "Health", "Key", "LauncherSession",
     "MpqemuStats", "PerIo", "PerIoField", "Plan", "ProcessCpu", "Run", "RunFailed", "Sampler", "Samplers", "add_guest_options",
     "check_ratios", "compare", "cpu_ns", "end_process", "fio_append", "fio_deadlines", "fio_figure", "fio_guest_loop",
@@ -274,6 +274,17 @@ class _Open:
 
 Health = Callable[[], tuple[str, str] | None]
 """Polled while jobs run: None, or (side, why) when what serves that side has died."""
+
+
+@dataclass
+class Booted:
+    """A booted guest (``session``), the sampler of the counters (the servers' and QEMU's),
+    the servers' health, and their logs by side: what a disk bench's ``boot`` yields."""
+
+    session: GuestSession
+    sampler: Sampler | None = None
+    health: Health | None = None
+    logs: dict[str, Path] = field(default_factory=dict)
 
 
 def processes_alive(processes: Mapping[str, subprocess.Popen[bytes]],

@@ -36,20 +36,19 @@ import argparse
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import e1000
 from .common import (
+    Booted,
     GUEST_FUNCTIONS,
     Deadlines,
     Figure,
     FioJob,
     GuestConfig,
     GuestRuns,
-    GuestSession,
-    Health,
     LauncherSession,
     Plan,
     Run,
@@ -186,16 +185,6 @@ def figure(params: Params) -> Callable[[Run], Figure]:
     def of(run: Run) -> Figure:
         return fio_figure(run, FIO[run.job]) if run.job in FIO else net(run)
     return of
-
-
-@dataclass
-class Booted:
-    """A booted guest, the counters (each server's and QEMU's), the servers' health and logs."""
-
-    session: GuestSession
-    sampler: Sampler | None = None
-    health: Health | None = None
-    logs: dict[str, Path] = field(default_factory=dict)
 
 
 Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]

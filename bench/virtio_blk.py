@@ -36,21 +36,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import vhost_user_blk
 from .common import (
+    Booted,
     FIO_JOBS,
     GuestConfig,
     GuestRuns,
-    GuestSession,
-    Health,
     LauncherSession,
     PerIoField,
     Plan,
-    Sampler,
     Samplers,
     add_guest_options,
     fio_append,
@@ -100,16 +98,6 @@ class Params:
     packed: bool = False
     ours_opts: tuple[str, ...] = ()
     profile: Path | None = None
-
-
-@dataclass
-class Booted:
-    """A booted guest (``session``), the counters sampler, our server's health and log."""
-
-    session: GuestSession
-    sampler: Sampler | None = None
-    health: Health | None = None
-    logs: dict[str, Path] = field(default_factory=dict)
 
 
 Boot = Callable[[GuestConfig, Params, Path], contextlib.AbstractContextManager[Booted]]
