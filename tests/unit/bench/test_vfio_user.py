@@ -17,18 +17,24 @@ from passthrough import VfioPciDevice
 from passthrough.user import VfioUserClient
 
 
+def _attach_testdev(stack: contextlib.ExitStack, socket_path: Path) -> tuple[Machine, int]:
+    """An in-process machine with the served testdev attached over vfio-user; its BAR 0."""
+    machine = Machine(ram_size=4 << 20, ram_backing="memfd")
+    device = VfioPciDevice(VfioUserClient.connect(str(socket_path), timeout=30))
+    stack.callback(device.close)
+    device.map_memory(machine.memory)
+    machine.add_pci(device)
+    info = next(i for i in machine.enumerate() if i.vendor_id == r.TESTDEV_VENDOR_ID)
+    bar0 = next(b.address for b in info.bars if b.index == 0)
+    assert bar0 is not None
+    return machine, bar0
+
+
 def test_the_sampler_counts_the_accesses_the_server_handled(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         served = serve(stack, tmp_path, "ours", "testdev")
         sampler = served.sampler("ours")
-        machine = Machine(ram_size=4 << 20, ram_backing="memfd")
-        device = VfioPciDevice(VfioUserClient.connect(str(served.socket), timeout=30))
-        stack.callback(device.close)
-        device.map_memory(machine.memory)
-        machine.add_pci(device)
-        info = next(i for i in machine.enumerate() if i.vendor_id == r.TESTDEV_VENDOR_ID)
-        bar0 = next(b.address for b in info.bars if b.index == 0)
-        assert bar0 is not None
+        machine, bar0 = _attach_testdev(stack, served.socket)
         before = sampler("ours", "job", 0, "begin")
         assert before is not None and before["messages"] > 0  # the client's setup
         for _ in range(10):
@@ -81,14 +87,7 @@ def test_a_traced_server_says_what_each_exit_was(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         served = serve(stack, tmp_path, "ours", "testdev", env=TRACE_EXITS)
         sampler = served.sampler("ours")
-        machine = Machine(ram_size=4 << 20, ram_backing="memfd")
-        device = VfioPciDevice(VfioUserClient.connect(str(served.socket), timeout=30))
-        stack.callback(device.close)
-        device.map_memory(machine.memory)
-        machine.add_pci(device)
-        info = next(i for i in machine.enumerate() if i.vendor_id == r.TESTDEV_VENDOR_ID)
-        bar0 = next(b.address for b in info.bars if b.index == 0)
-        assert bar0 is not None
+        machine, bar0 = _attach_testdev(stack, served.socket)
         sampler("ours", "job", 0, "begin")
         for _ in range(3):
             machine.mmio.read(bar0 + r.ID, 4)
