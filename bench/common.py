@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.guest import DONE_MARKER, parse_check_line
+from harness.processes import end_process as _end_process
 from harness.qemu.binaries import QemuBinary, qemu_binary
 from harness.qemu.launcher import BootResult
 
@@ -959,14 +960,9 @@ def need(tool: str, bench: str, package: str) -> str:
 
 
 def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """End a process we started, by its PID: SIGTERM, SIGKILL after ``grace`` s; reap it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """End a process we started, by its PID: ``harness.processes.end_process`` with the
+    benches' longer ``grace``."""
+    _end_process(proc, grace)
 
 
 def python_env() -> dict[str, str]:

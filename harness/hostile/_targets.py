@@ -35,6 +35,7 @@ from typing import Any
 from devmodels import HostError
 
 from ..qemu.binaries import QEMU_7_2, QEMU_11_1, QemuBinary
+from ..processes import end_process
 
 __all__ = ["DEVICE_CLASSES", "Started", "Starter", "AttachmentPath", "PATHS", "path_named", "RESPONDER_IP", "GUEST_MAC"]
 
@@ -104,14 +105,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 # -- our PCI devices through the conformance cases' ServedCase (rule 3) ----------------------
@@ -171,7 +164,7 @@ def _vhost_user_server(stack: contextlib.ExitStack, workdir: Path, args: list[st
     server = subprocess.Popen([sys.executable, "-m", "devmodels", "vhost-user", "--socket",
                                str(socket_path), *args], stdin=subprocess.DEVNULL, stdout=log,
                               stderr=subprocess.STDOUT, env=_env())
-    stack.callback(_end, server)
+    stack.callback(end_process, server)
     return server, socket_path, log_path
 
 

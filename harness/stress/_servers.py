@@ -29,6 +29,7 @@ from pathlib import Path
 from devmodels import HostError
 
 from ..conformance.cases._served import ServedCase
+from ..processes import end_process
 
 __all__ = ["StressServedCase", "VhostUserServer", "VhostUserEvents", "vhost_user_argv", "VHOST_USER_TRACE",
            "python_env"]
@@ -106,7 +107,7 @@ class VhostUserServer:
         argv = [sys.executable, "-m", "devmodels", *vhost_user_argv(device, backend, self.socket_path)]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                         env=python_env({"DEVMODELS_TRACE": VHOST_USER_TRACE}))
-        stack.callback(_end, self.process)
+        stack.callback(end_process, self.process)
 
     def wait_listening(self) -> None:
         """Return once the server says it is listening (rule 2): its "listening on" line comes after
@@ -180,11 +181,3 @@ class VhostUserEvents:
         return (self.connects, self.disconnects, self.ring_starts, self.ring_stops, self.ring_failures, self.errors)
 
 
-def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)

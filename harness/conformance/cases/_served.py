@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from devmodels import HostError, UsageError
 
 from ...qemu.binaries import QEMU_11_1
 from .._case import Attachment
+from ...processes import end_process
 
 if TYPE_CHECKING:
     from ...guest import ImageBuilder
@@ -155,7 +155,7 @@ class ServedCase:
         server = subprocess.Popen([sys.executable, "-m", "devmodels", *argv], pass_fds=pass_fds,
                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._server = server
-        stack.callback(_end, server)
+        stack.callback(end_process, server)
 
     def _start_proxy(self, stack: contextlib.ExitStack, workdir: Path, log: IO[bytes]) -> Attachment:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -212,11 +212,3 @@ class ServedCase:
         return self.server_check()
 
 
-def _end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from devmodels import HostError
 
-from ._served import _end as end_process
+from ...processes import end_process
 
 __all__ = ["BackEnd", "READY", "devmodels_argv", "qsd_argv", "resubmitted", "ring_starts", "logged", "ring_layout", "REPO"]
 
