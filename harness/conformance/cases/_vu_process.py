@@ -161,9 +161,9 @@ class BackEnd:
                                             env=env, cwd=str(REPO))
         self.started_at.append(start)
         deadline = start + _LISTEN_TIMEOUT
-        # The path appears when the server binds; it listens right after, and ours says so
-        # once its signal handlers are in place. A probe connection would be the server's
-        # one front-end for a moment and could turn QEMU away.
+        # Ours makes the path appear once it listens (``devmodels.listen``) and says so once
+        # its signal handlers are in place; the daemon is ready when its path appears. A probe
+        # connection would be the server's one front-end for a moment and could turn QEMU away.
         while not (self.socket_path.exists() and (self.ready is None or self.ready in log_path.read_bytes())):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-600:]
